@@ -1,0 +1,265 @@
+"""Typed configuration: dataclasses are the schema, YAML presets are data.
+
+Every config is a dataclass. `from_dict` builds one from plain data and rejects an unknown
+key or a value of the wrong type with an error that names the field and lists the valid
+keys; `apply_overrides` applies dotted ``key=value`` strings (the CLI's ``--set``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a Transformer: one schema for encoders, decoders and encoder-decoders."""
+
+    arch: Literal["encoder", "decoder", "encoder-decoder"] = "encoder"
+    """Which shape: bidirectional encoder (BERT), causal decoder (GPT) or both (seq2seq)."""
+    family: Literal["bert", "roberta", "albert", "gpt2", "seq2seq"] = "bert"
+    """Checkpoint family, used for Hugging Face export and family-specific details."""
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    """Encoder layers (or decoder layers for a decoder-only model)."""
+    num_decoder_layers: int | None = None
+    """Decoder layers of an encoder-decoder; None means the same as num_layers."""
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
+    norm: Literal["post", "pre"] = "post"
+    """post = BERT (LayerNorm after each residual add); pre = GPT-2 (LayerNorm before each sublayer)."""
+    position: Literal["learned", "rotary"] = "learned"
+    max_positions: int = 512
+    position_offset: int = 0
+    """First position id (RoBERTa's learned positions start at padding_idx + 1 = 2)."""
+    type_vocab_size: int = 2
+    """Token-type (segment) vocabulary; 0 disables token-type embeddings."""
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    tie_embeddings: bool = True
+    """Output projection of the LM head shares the input embedding matrix."""
+    embedding_size: int | None = None
+    """ALBERT: factorized embedding size (projected up to hidden_size); None = hidden_size."""
+    share_layers: bool = False
+    """ALBERT: one set of layer weights applied num_layers times."""
+    rotary_base: float = 10000.0
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    """Encoder-decoder: first token fed to the decoder (defaults to bos, then pad)."""
+    num_labels: int = 2
+    """Classification heads: number of classes (token classification: number of tags)."""
+    id2label: dict[int, str] | None = None
+    """Class names, kept with the checkpoint."""
+    problem_type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    classifier_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.num_labels = len(self.id2label)
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+    @property
+    def label2id(self) -> dict[str, int] | None:
+        return None if self.id2label is None else {v: k for k, v in self.id2label.items()}
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_heads ({self.num_heads})"
+            )
+        if self.position == "rotary" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head size, got {self.head_dim}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
+            raise ConfigError("model.dropout and model.attention_dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and lightly convert) `value` against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    prefix = f"{where}." if where else ""
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys of {cls.__name__}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to nested dict `data` (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("plmkit") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a preset by name (``bert-small``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        source = str(path)
+    else:
+        res = resources.files("plmkit") / "configs" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}"
+            )
+        text = res.read_text(encoding="utf-8")
+        source = f"preset {name_or_path}"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    return data
+
+
+def model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """The ModelConfig of a preset or YAML file (its ``model:`` section), with overrides."""
+    data = load_yaml(name_or_path)
+    section = data.get("model", data)
+    section = apply_overrides(dict(section), [o for o in overrides or []])
+    return from_dict(ModelConfig, section, "model")
+
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "apply_overrides",
+    "field",
+    "from_dict",
+    "load_yaml",
+    "model_config",
+    "preset_names",
+]

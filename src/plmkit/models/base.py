@@ -1,0 +1,106 @@
+"""What every plmkit model shares: its output record, losses, weight tying, save/load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plmkit.config import ModelConfig
+from plmkit.models.layers import init_weights, scaled_residual_init
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns. Shapes: B batch, T length, V vocabulary, C hidden, K classes."""
+
+    loss: Tensor | None = None
+    """Scalar mean loss over the label positions, when labels are given."""
+    n_targets: Tensor | None = None
+    """Number of label positions the loss averages over (0-d long tensor), for token-weighted accumulation."""
+    logits: Tensor | None = None
+    """(B, T, V) LM, (N_masked, V) MLM with labels, (B, K) sequence classes, (B, T, K) token classes."""
+    seq_logits: Tensor | None = None
+    """(B, 2) next-sentence / sentence-order prediction."""
+    start_logits: Tensor | None = None
+    """(B, T) extractive QA span start."""
+    end_logits: Tensor | None = None
+    """(B, T) extractive QA span end."""
+    hidden_states: Tensor | None = None
+    """(B, T, C) last layer (the decoder's for seq2seq)."""
+    mlm_loss: Tensor | None = None
+    seq_loss: Tensor | None = None
+
+
+def lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over labels != -100; logits (..., V), labels (...). Returns (loss, count)."""
+    logits = logits.reshape(-1, logits.size(-1)).float()
+    labels = labels.reshape(-1)
+    n = (labels != -100).sum()
+    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") / n.clamp(min=1)
+    return loss, n
+
+
+def classification_loss(logits: Tensor, labels: Tensor, config: ModelConfig, weight: Tensor | None = None) -> Tensor:
+    """Sequence/token classification loss by config.problem_type; logits (..., K)."""
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    if config.problem_type == "multi_label":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    w = None if weight is None else weight.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), weight=w, ignore_index=-100)
+
+
+class PretrainedModel(nn.Module):
+    """Base of every task model: config, initialization, tied weights, save/load."""
+
+    task: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.class_weights: Tensor | None = None
+        """Optional per-class loss weights (K,) for imbalanced classification."""
+
+    def init_weights(self) -> None:
+        init_weights(self, self.config.initializer_range)
+        if self.config.norm == "pre":
+            scaled_residual_init(self, self.config.num_layers, self.config.initializer_range)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Point output projections at the input embedding matrix when config.tie_embeddings."""
+
+    def tied_parameter_names(self) -> set[str]:
+        """Names of parameters that are the same tensor as an earlier one (e.g. a tied LM head)."""
+        seen: dict[int, str] = {}
+        tied = set()
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) in seen:
+                tied.add(name)
+            else:
+                seen[id(p)] = name
+        return tied
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
+        """Write config.json (Hugging Face schema) + model.safetensors (+ tokenizer files) to `directory`."""
+        from plmkit.models.checkpoint_io import save_model
+
+        return save_model(self, directory, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides) -> "PretrainedModel":
+        from plmkit.models.checkpoint_io import load_model
+
+        return load_model(directory, task=cls.task, **overrides)
