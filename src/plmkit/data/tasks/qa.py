@@ -1,0 +1,318 @@
+"""Extractive question answering: SQuAD-format data, windows over long contexts, span decoding.
+
+A context longer than fits beside the question is cut into overlapping windows (``stride``
+tokens shared by neighbours, as in the `tokenizers` library). In training, a window that
+holds the whole answer points its start/end positions at the answer's first/last token,
+any other window at index 0 (the [CLS] token). At prediction time, `postprocess_qa` picks
+the best span over all windows of an example and cuts it out of the context through the
+token offsets, so the answer is an exact substring of the context.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plmkit.data.tasks.features import TokenizerLike, backend_of, truncating_backend
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One question on one context; `answers[i]` starts at character `answer_starts[i]`."""
+
+    id: str
+    question: str
+    context: str
+    answers: tuple[str, ...] = ()
+    answer_starts: tuple[int, ...] = ()
+    is_impossible: bool = False
+    title: str = ""
+
+
+def read_squad(path: str | Path, member: str | None = None) -> list[QAExample]:
+    """Read SQuAD v1.1/v2.0-format JSON (CMRC 2018 too), plain or inside a ``.zip``.
+
+    For a zip, `member` names the JSON inside it (needed only when it holds several). A
+    missing field raises ValueError naming the file and the question (or its position).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read(_zip_member(path, archive, member))
+    else:
+        raw = path.read_bytes()
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid UTF-8 JSON: {e}") from None
+    return [example for article_index, article in enumerate(_field(path, document, "data", "the file"))
+            for example in _article_examples(path, article, article_index)]
+
+
+def _zip_member(path: Path, archive: zipfile.ZipFile, member: str | None) -> str:
+    names = [n for n in archive.namelist() if n.endswith(".json")]
+    if member is not None:
+        if member not in archive.namelist():
+            raise ValueError(f"{path}: no member {member!r}; members are {archive.namelist()}")
+        return member
+    if len(names) != 1:
+        raise ValueError(f"{path}: expected one .json member, found {names}; pass member=")
+    return names[0]
+
+
+def _field(path: Path, record: Any, key: str, where: str) -> Any:
+    if not isinstance(record, dict) or key not in record:
+        raise ValueError(f"{path}: {where}: missing field {key!r}")
+    return record[key]
+
+
+def _article_examples(path: Path, article: Any, article_index: int) -> list[QAExample]:
+    title = article.get("title", "") if isinstance(article, dict) else ""
+    examples = []
+    for p_index, paragraph in enumerate(_field(path, article, "paragraphs", f"data[{article_index}]")):
+        where = f"data[{article_index}].paragraphs[{p_index}]"
+        context = _field(path, paragraph, "context", where)
+        for q_index, qa in enumerate(_field(path, paragraph, "qas", where)):
+            q_where = f"question {qa.get('id', f'{where}.qas[{q_index}]')}" if isinstance(qa, dict) else where
+            answers = _field(path, qa, "answers", q_where)
+            texts = tuple(_field(path, a, "text", q_where) for a in answers)
+            starts = tuple(int(_field(path, a, "answer_start", q_where)) for a in answers)
+            examples.append(QAExample(
+                id=str(_field(path, qa, "id", q_where)), question=_field(path, qa, "question", q_where),
+                context=context, answers=texts, answer_starts=starts,
+                is_impossible=bool(qa.get("is_impossible", False)), title=title,
+            ))
+    return examples
+
+
+def answer_char_spans(example: QAExample) -> list[tuple[int, int]]:
+    """Each distinct answer located in the context as ``(start, end)`` characters, end exclusive.
+
+    An answer whose ``answer_start`` is off (CMRC 2018 has -1 and off-by-one starts) is
+    located at its occurrence nearest to that start; an answer not in the context is left
+    out. Spans exclude the answer's leading and trailing whitespace. Empty for an
+    unanswerable question.
+    """
+    if example.is_impossible:
+        return []
+    context, spans = example.context, []
+    for text, start in zip(example.answers, example.answer_starts):
+        if not text:
+            continue
+        if context[start: start + len(text)] != text:
+            found = _occurrences(context, text)
+            if not found:
+                continue
+            start = min(found, key=lambda i: abs(i - start))
+        end = start + len(text)
+        start, end = start + len(text) - len(text.lstrip()), end - len(text) + len(text.rstrip())
+        if start < end and (start, end) not in spans:
+            spans.append((start, end))
+    return spans
+
+
+def answer_char_span(example: QAExample) -> tuple[int, int] | None:
+    """The first of `answer_char_spans`, or None."""
+    spans = answer_char_spans(example)
+    return spans[0] if spans else None
+
+
+def _occurrences(text: str, part: str) -> list[int]:
+    found, i = [], text.find(part)
+    while i >= 0:
+        found.append(i)
+        i = text.find(part, i + 1)
+    return found
+
+
+@dataclass
+class QAFeature:
+    """One window of one example."""
+
+    inputs: dict[str, Any]
+    """input_ids, token_type_ids, attention_mask, each (T,); with labels also the ints
+    start_positions and end_positions."""
+    example_index: int
+    """Index of the example in the list given to `encode_qa`."""
+    offsets: list[tuple[int, int] | None]
+    """Character span in the context of each token; None for question and special tokens."""
+
+
+def encode_qa(
+    examples: Sequence[QAExample],
+    tokenizer: TokenizerLike,
+    *,
+    max_length: int = 384,
+    stride: int = 128,
+    max_query_length: int = 64,
+    with_labels: bool = True,
+) -> list[QAFeature]:
+    """Tokenize ``(question, context)`` pairs into one feature per window (module docstring).
+
+    Questions are cut to `max_query_length` tokens; `stride` must be smaller than the
+    context room left beside the longest question. With labels, an answerable example none
+    of whose answers occurs in its context raises ValueError naming the question id.
+    """
+    questions, longest = _truncated_questions(examples, tokenizer, max_query_length)
+    room = max_length - longest - backend_of(tokenizer).num_special_tokens_to_add(is_pair=True)
+    if not 0 <= stride < room:
+        raise ValueError(f"stride={stride} must be below the {room} context tokens that max_length={max_length} "
+                         f"leaves beside the longest question ({longest} tokens)")
+    backend = truncating_backend(tokenizer, max_length, stride=stride, strategy="only_second")
+    encodings = backend.encode_batch(list(zip(questions, [e.context for e in examples])))
+    features = []
+    for index, (example, encoding) in enumerate(zip(examples, encodings)):
+        windows = [encoding, *encoding.overflowing]
+        offsets = [_context_offsets(example, window) for window in windows]
+        span = _training_span(example, offsets) if with_labels else None
+        for window, window_offsets in zip(windows, offsets):
+            inputs: dict[str, Any] = {"input_ids": window.ids, "token_type_ids": window.type_ids,
+                                      "attention_mask": window.attention_mask}
+            if with_labels:
+                inputs["start_positions"], inputs["end_positions"] = _token_span(window_offsets, span)
+            features.append(QAFeature(inputs, index, window_offsets))
+    return features
+
+
+def _truncated_questions(
+    examples: Sequence[QAExample], tokenizer: TokenizerLike, limit: int,
+) -> tuple[list[str], int]:
+    """Questions cut to `limit` tokens, and the token count of the longest after the cut."""
+    plain = truncating_backend(tokenizer, None)
+    questions = [e.question.lstrip() for e in examples]
+    encodings = plain.encode_batch(questions, add_special_tokens=False)
+    cut = [q if len(enc.offsets) <= limit else q[: enc.offsets[limit - 1][1]] for q, enc in zip(questions, encodings)]
+    return cut, min(limit, max((len(enc.ids) for enc in encodings), default=0))
+
+
+def _context_offsets(example: QAExample, window: Any) -> list[tuple[int, int] | None]:
+    offsets = [off if seq == 1 else None for off, seq in zip(window.offsets, window.sequence_ids)]
+    if all(off is None for off in offsets):
+        raise ValueError(f"question {example.id}: max_length leaves no room for the context")
+    return offsets
+
+
+def _training_span(example: QAExample, windows: list[list[tuple[int, int] | None]]) -> tuple[int, int] | None:
+    """The answer to train on: the first whose text some window's tokens cover exactly (not,
+    say, "8" inside the token "18"), else the first located one; None when unanswerable."""
+    spans = answer_char_spans(example)
+    if not spans and not example.is_impossible:
+        raise ValueError(f"question {example.id}: none of its answers {list(example.answers)} "
+                         f"occurs in its context")
+    for span in spans:
+        for offsets in windows:
+            tokens = _token_span(offsets, span)
+            if tokens != (0, 0) and _covered_text(example.context, offsets, tokens) == example.context[slice(*span)]:
+                return span
+    return spans[0] if spans else None
+
+
+def _covered_text(context: str, offsets: list[tuple[int, int] | None], tokens: tuple[int, int]) -> str:
+    first, last = offsets[tokens[0]], offsets[tokens[1]]
+    return context[first[0]: last[1]].strip()  # type: ignore[index]
+
+
+def _token_span(offsets: list[tuple[int, int] | None], span: tuple[int, int] | None) -> tuple[int, int]:
+    """Token (start, end) of a character span, or (0, 0) (the [CLS] position) when there is no
+    span or the window does not hold all of it."""
+    if span is None:
+        return 0, 0
+    start_char, end_char = span
+    context_tokens = [i for i, off in enumerate(offsets) if off is not None]
+    first, last = offsets[context_tokens[0]], offsets[context_tokens[-1]]
+    if first[0] > start_char or last[1] < end_char:  # type: ignore[index]
+        return 0, 0
+    start = max(i for i in context_tokens if offsets[i][0] <= start_char)  # type: ignore[index]
+    end = min(i for i in context_tokens if offsets[i][1] >= end_char and i >= start)  # type: ignore[index]
+    return start, end
+
+
+@dataclass(frozen=True)
+class QASpan:
+    """A candidate answer: ``context[start:end]`` with score start_logit + end_logit."""
+
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+def nbest_spans(
+    feature: QAFeature,
+    context: str,
+    start_logits: Sequence[float] | np.ndarray | torch.Tensor,
+    end_logits: Sequence[float] | np.ndarray | torch.Tensor,
+    *,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> list[QASpan]:
+    """The `n_best` highest-scoring valid spans of one window, best first.
+
+    Logits have shape (T,) (padding beyond the feature's length is ignored). A span is
+    valid when both ends lie in the context and it is 1..max_answer_length tokens long.
+    """
+    length = len(feature.offsets)
+    in_context = np.array([off is not None for off in feature.offsets])
+    starts = np.where(in_context, _as_numpy(start_logits)[:length], -np.inf)
+    ends = np.where(in_context, _as_numpy(end_logits)[:length], -np.inf)
+    top_starts = np.argsort(-starts, kind="stable")[:n_best]
+    top_ends = np.argsort(-ends, kind="stable")[:n_best]
+    spans = []
+    for i in top_starts:
+        for j in top_ends:
+            if not (in_context[i] and in_context[j]) or j < i or j - i + 1 > max_answer_length:
+                continue
+            begin, finish = feature.offsets[i][0], feature.offsets[j][1]  # type: ignore[index]
+            spans.append(QASpan(context[begin:finish], begin, finish, float(starts[i] + ends[j])))
+    spans.sort(key=lambda s: -s.score)
+    return spans[:n_best]
+
+
+def postprocess_qa(
+    examples: Sequence[QAExample],
+    features: Sequence[QAFeature],
+    start_logits: Sequence[Any] | np.ndarray | torch.Tensor,
+    end_logits: Sequence[Any] | np.ndarray | torch.Tensor,
+    *,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_threshold: float | None = None,
+) -> dict[str, str]:
+    """Best answer text per question id from per-window logits, each (F, T) or a list of (T,).
+
+    With `null_threshold` (SQuAD v2), the answer is "" when the no-answer score (the lowest
+    start_logit[0] + end_logit[0] over windows) exceeds the best span score by more than it.
+    """
+    if not (len(features) == len(start_logits) == len(end_logits)):
+        raise ValueError(f"{len(features)} features but {len(start_logits)} start and "
+                         f"{len(end_logits)} end logit rows")
+    by_example: dict[int, list[int]] = {}
+    for f_index, feature in enumerate(features):
+        by_example.setdefault(feature.example_index, []).append(f_index)
+    answers = {}
+    for e_index, example in enumerate(examples):
+        spans, null_score = [], np.inf
+        for f_index in by_example.get(e_index, []):
+            s, e = _as_numpy(start_logits[f_index]), _as_numpy(end_logits[f_index])
+            spans += nbest_spans(features[f_index], example.context, s, e,
+                                 n_best=n_best, max_answer_length=max_answer_length)
+            null_score = min(null_score, float(s[0] + e[0]))
+        best = max(spans, key=lambda span: span.score, default=None)
+        no_answer = best is None or (null_threshold is not None and null_score - best.score > null_threshold)
+        answers[example.id] = "" if no_answer else best.text.strip()  # type: ignore[union-attr]
+    return answers
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
