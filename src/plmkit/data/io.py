@@ -75,6 +75,7 @@ _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al fig figs no nos vol pp ed eds inc ltd co corp "
     "gen col lt sgt capt gov sen rep rev jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k".split()
 )
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _TERMINAL = re.compile(r"[.!?。！？]+[\"'”’」』）)\]]*")
 _CJK_TERMINAL = re.compile(r"[。！？]")
 
@@ -335,12 +336,14 @@ class Corpus:
             self._bad(where, f"missing field {self.field!r}", f"keys are {keys}")
             return []
         value = record[self.field]
-        if isinstance(value, str):
-            return self._sentences(value)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return [s for v in value for s in self._sentences(v)]
-        self._bad(where, f"field {self.field!r} is not text", f"got {type(value).__name__}")
-        return []
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
+            self._bad(where, f"field {self.field!r} is not text", f"got {type(value).__name__}")
+            return []
+        if any(_LONE_SURROGATE.search(v) for v in texts):
+            self._bad(where, "invalid Unicode", f"field {self.field!r} has a lone surrogate (\\ud800-\\udfff) escape")
+            return []
+        return [s for v in texts for s in self._sentences(v)]
 
     def _read_table(self, path: Path, delimiter: str) -> Iterator[Document]:
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL

@@ -349,6 +349,12 @@ class Transformer(nn.Module):
         memory (B, S_enc, C), memory_mask (B, S_enc): encoder output for cross-attention.
         """
         past = cache.length if cache is not None else 0
+        last = past + input_ids.size(1) + self.config.position_offset
+        if self.emb.pos is not None and position_ids is None and last > self.config.max_positions:
+            raise ValueError(
+                f"sequence of {past + input_ids.size(1)} positions (+{self.config.position_offset} offset) "
+                f"exceeds the model's max_positions={self.config.max_positions}"
+            )
         if position_ids is None:
             position_ids = self.default_positions(input_ids, past, attention_mask)
         x = self.emb(input_ids, position_ids, token_type_ids)

@@ -1,0 +1,583 @@
+"""Token shards: a corpus tokenized once into memory-mapped arrays (``plmkit prepare``).
+
+Layout of a shard folder::
+
+    meta.json            format, tokenizer fingerprint and special ids, dtype, counts, sources
+    tokenizer/           the tokenizer files (so the folder is self-contained)
+    train/ eval/         one folder per split (eval holds the held-out documents), each with
+      tokens.bin         (N,) token ids, uint16 when the vocabulary fits, else uint32
+      word_start.bin     (N,) uint8, 1 where a token starts a whole word (for whole-word masking)
+      sentences.bin      (S + 1,) int64 token offsets of the sentences
+      documents.bin      (D + 1,) int64 sentence offsets of the documents
+
+Documents are tokenized sentence by sentence without special tokens, in parallel worker
+processes (each uses the `tokenizers` batch API). Sentences after the first of a document are
+encoded with a leading ``joiner`` (a space) so byte-level BPE sees the text as it would read.
+
+Whole words: a token starts a word when the pre-tokenizer starts a new word there. For Chinese
+(CJK ideographs), which pre-tokenizers split into single characters (WordPiece) or lump into runs
+(byte-level BPE), words come from the `jieba` segmenter when it is installed; without it, each
+CJK character counts as a word (and ``meta.json`` records ``"segmenter": "cjk-chars"``).
+
+A build is written to a temporary folder and renamed into place, and it is reused when the
+same inputs (paths, sizes, mtimes), tokenizer and options are asked for again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from plmkit.data.io import CJK_CHARS, Corpus, Document, ErrorPolicy
+from plmkit.data.tokenizer import Tokenizer
+
+FORMAT = "plmkit-shards"
+VERSION = 1
+SPLITS = ("train", "eval")
+_CHUNK_BYTES = 1 << 20  # text per worker task
+_CHUNK_DOCS = 4096
+_SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the tokenizer's special tokens (None where the vocabulary has none)."""
+
+    pad: int | None = None
+    unk: int | None = None
+    cls: int | None = None
+    sep: int | None = None
+    mask: int | None = None
+    bos: int | None = None
+    eos: int | None = None
+
+    def present(self) -> list[int]:
+        """The distinct ids that exist."""
+        ids = (self.pad, self.unk, self.cls, self.sep, self.mask, self.bos, self.eos)
+        return sorted({i for i in ids if i is not None})
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding (runs in worker processes)
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    """sha256 of the tokenizer's full serialization (model, normalizer, pre-tokenizer) and roles."""
+    payload = tok.backend.to_str() + json.dumps(tok.special_tokens, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def segmenter_name() -> str:
+    """Which Chinese word segmenter whole-word flags use: "jieba" or "cjk-chars"."""
+    try:
+        import jieba  # noqa: F401
+    except ImportError:
+        return "cjk-chars"
+    return "jieba"
+
+
+@dataclass
+class _Chunk:
+    """Tokens of consecutive documents; sentences and documents as lengths."""
+
+    tokens: np.ndarray  # (N,) uint32
+    word_start: np.ndarray  # (N,) uint8
+    sentence_lengths: np.ndarray  # (S,) int64, all > 0
+    document_sentences: np.ndarray  # (D,) int64, may be 0 (document had no tokens)
+    text_bytes: int
+
+
+class _Encoder:
+    """Encodes documents with a tokenizer and marks whole-word starts."""
+
+    def __init__(self, tokenizer: Tokenizer, joiner: str) -> None:
+        self.backend = tokenizer.backend
+        self.joiner = joiner
+        self._jieba: Any = None
+        self._segmenter = segmenter_name()
+
+    def encode(self, docs: Sequence[Document]) -> _Chunk:
+        texts = [s if j == 0 else self.joiner + s for doc in docs for j, s in enumerate(doc)]
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        lengths = np.asarray([len(e.ids) for e in encodings], dtype=np.int64)
+        total = int(lengths.sum())
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=total)
+        bounds = np.cumsum([0] + [len(d) for d in docs])
+        kept = np.concatenate([[0], np.cumsum(lengths > 0)])
+        return _Chunk(
+            tokens=ids,
+            word_start=self._word_starts(texts, encodings, lengths),
+            sentence_lengths=lengths[lengths > 0],
+            document_sentences=(kept[bounds[1:]] - kept[bounds[:-1]]).astype(np.int64),
+            text_bytes=sum(len(t.encode("utf-8")) for t in texts),
+        )
+
+    def _word_starts(self, texts: list[str], encodings: list[Any], lengths: np.ndarray) -> np.ndarray:
+        """(N,) uint8 over all tokens: 1 where a token begins a word, i.e. the pre-tokenizer's word
+        changes, or (for a token starting with a CJK ideograph) a segmenter word begins there."""
+        total = int(lengths.sum())
+        word_ids = (-1 if w is None else w for e in encodings for w in e.word_ids)
+        words = np.fromiter(word_ids, dtype=np.int64, count=total)
+        first = np.zeros(total, dtype=bool)
+        first[(np.cumsum(lengths) - lengths)[lengths > 0]] = True  # first token of each sentence
+        starts = first.copy()
+        starts[1:] |= words[1:] != words[:-1]
+        with_cjk = [i for i, t in enumerate(texts) if CJK_CHARS.search(t)]
+        if not with_cjk:
+            return starts.astype(np.uint8)
+        base = np.cumsum([0] + [len(t) for t in texts])
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)  # (C,) code points
+        spans = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets) for e in encodings), dtype=np.int64,
+                            count=2 * total).reshape(-1, 2) + np.repeat(base[:-1], lengths)[:, None]
+        solid = np.append(np.flatnonzero(~_is_space(codes)), len(codes))
+        anchor = solid[np.searchsorted(solid, spans[:, 0])]  # first non-space character of each token
+        anchor = np.where(anchor < spans[:, 1], anchor, -1)
+        cjk = (anchor >= 0) & _is_cjk_code(codes)[np.maximum(anchor, 0)]
+        prev_anchor = np.append(-1, anchor[:-1])
+        merged = np.append(False, (anchor[:-1] < 0) & (words[1:] == words[:-1])) & ~first  # "Ġ" + CJK bytes
+        segment_starts = self._cjk_word_starts(texts, with_cjk, base)
+        cjk_starts = segment_starts[np.maximum(anchor, 0)] & (anchor != prev_anchor) & ~merged
+        return (np.where(cjk, cjk_starts, starts) | first).astype(np.uint8)
+
+    def _cjk_word_starts(self, texts: list[str], which: list[int], base: np.ndarray) -> np.ndarray:
+        """(C,) bool over the characters of all texts: True where a segmenter word begins
+        (in texts ``which``; every character with the "cjk-chars" fallback)."""
+        if self._segmenter == "cjk-chars":
+            return np.ones(int(base[-1]), dtype=bool)
+        if self._jieba is None:
+            import logging
+
+            import jieba
+
+            jieba.setLogLevel(logging.WARNING)
+            self._jieba = jieba
+        flags = np.zeros(int(base[-1]), dtype=bool)
+        for i in which:
+            position = int(base[i])
+            for word in self._jieba.cut(texts[i], HMM=False):  # dictionary words only: about twice as fast
+                flags[position] = True
+                position += len(word)
+        return flags
+
+
+def _is_space(codes: np.ndarray) -> np.ndarray:
+    """(n,) bool: which code points are whitespace (as str.isspace)."""
+    return ((codes >= 9) & (codes <= 13)) | ((codes >= 0x1C) & (codes <= 0x20)) | np.isin(codes, _SPACES) | (
+        (codes >= 0x2000) & (codes <= 0x200A))
+
+
+def _is_cjk_code(codes: np.ndarray) -> np.ndarray:
+    """(n,) bool: which code points are CJK ideographs (as io.CJK_CHARS)."""
+    return (((codes >= 0x4E00) & (codes <= 0x9FFF)) | ((codes >= 0x3400) & (codes <= 0x4DBF))
+            | ((codes >= 0xF900) & (codes <= 0xFAFF)) | ((codes >= 0x20000) & (codes <= 0x2A6DF))
+            | ((codes >= 0x2F800) & (codes <= 0x2FA1F)))
+
+
+_SPACES = np.asarray([0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32)
+_WORKER: _Encoder | None = None
+
+
+def _init_worker(tokenizer_path: str, joiner: str) -> None:
+    global _WORKER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    _WORKER = _Encoder(Tokenizer.load(tokenizer_path), joiner)
+
+
+def _encode_in_worker(docs: list[Document]) -> _Chunk:
+    if _WORKER is None:
+        raise RuntimeError("worker not initialized")
+    return _WORKER.encode(docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+class _SplitWriter:
+    """Appends documents to one split's files."""
+
+    def __init__(self, folder: Path, dtype: np.dtype) -> None:
+        folder.mkdir(parents=True)
+        self.dtype = dtype
+        names = ("tokens", "word_start", "sentences", "documents")
+        self.files = {name: open(folder / f"{name}.bin", "wb") for name in names}
+        self.tokens = self.sentences = self.documents = 0
+        self.files["sentences"].write(np.zeros(1, np.int64).tobytes())
+        self.files["documents"].write(np.zeros(1, np.int64).tobytes())
+
+    def write(self, chunk: _Chunk, docs: np.ndarray) -> None:
+        """Append the chunk's documents at indices ``docs`` (ascending)."""
+        sent_bounds = np.concatenate([[0], np.cumsum(chunk.document_sentences)])
+        tok_bounds = np.concatenate([[0], np.cumsum(chunk.sentence_lengths)])
+        doc_sentences = chunk.document_sentences[docs]
+        sentences = _ranges(sent_bounds[docs], doc_sentences)
+        lengths = chunk.sentence_lengths[sentences]
+        tokens = _ranges(tok_bounds[sentences], lengths)
+        self.files["tokens"].write(chunk.tokens[tokens].astype(self.dtype).tobytes())
+        self.files["word_start"].write(chunk.word_start[tokens].tobytes())
+        self.files["sentences"].write((self.tokens + np.cumsum(lengths)).astype(np.int64).tobytes())
+        self.files["documents"].write((self.sentences + np.cumsum(doc_sentences)).astype(np.int64).tobytes())
+        self.tokens += len(tokens)
+        self.sentences += len(sentences)
+        self.documents += len(docs)
+
+    def close(self) -> dict[str, int]:
+        for f in self.files.values():
+            f.close()
+        return {"documents": self.documents, "sentences": self.sentences, "tokens": self.tokens}
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(start, start + count) for each pair, as int64."""
+    offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
+    return (offsets + np.arange(int(counts.sum()))).astype(np.int64)
+
+
+def _held_out(doc_indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(D,) bool: a fixed pseudo-random choice of documents by index (splitmix64 hash)."""
+    if fraction <= 0:
+        return np.zeros(len(doc_indices), dtype=bool)
+    with np.errstate(over="ignore"):
+        z = doc_indices.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+
+
+def _chunks(corpus: Corpus) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    size = 0
+    for doc in corpus:
+        batch.append(doc)
+        size += sum(len(s) for s in doc)
+        if size >= _CHUNK_BYTES or len(batch) >= _CHUNK_DOCS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _encoded(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, joiner: str, workers: int) -> Iterator[_Chunk]:
+    """Encoded chunks in corpus order; with workers > 1, at most 2 * workers chunks in flight."""
+    if workers <= 1:
+        encoder = _Encoder(tokenizer, joiner)
+        yield from (encoder.encode(docs) for docs in _chunks(corpus))
+        return
+    # fork is cheap (no re-import of torch); tokenizers turns its own thread pool off in forked
+    # children, and workers do not touch torch. Elsewhere, spawn.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                initargs=(tokenizer_path, joiner)) as pool:
+        pending: deque[cf.Future[_Chunk]] = deque()
+        for docs in _chunks(corpus):
+            pending.append(pool.submit(_encode_in_worker, docs))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _sources(files: Sequence[Path]) -> list[dict[str, Any]]:
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append({"path": str(f.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
+    return out
+
+
+def prepare(
+    inputs: str | Path | Sequence[str | Path],
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    field: str = "text",
+    column: int | str | None = None,
+    header: bool = True,
+    split_sentences: bool = False,
+    errors: ErrorPolicy = "strict",
+    holdout: float = 0.01,
+    seed: int = 0,
+    workers: int | None = None,
+    joiner: str = " ",
+    dtype: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Tokenize a corpus into a shard folder (see the module docstring) and return its path.
+
+    Args:
+        inputs, field, column, header, split_sentences, errors: as for :class:`plmkit.data.io.Corpus`.
+        tokenizer_dir: anything :meth:`Tokenizer.load` accepts (folder or vocab file).
+        holdout: fraction of documents put in the ``eval`` split (a fixed choice given ``seed``).
+        workers: tokenizer processes; default min(8, CPUs), and 1 for inputs under 2 MiB.
+        joiner: text put before each sentence after the first of a document.
+        dtype: "auto" (uint16 when every id fits), "uint16" or "uint32".
+        overwrite: rebuild when ``out_dir`` holds shards of other inputs; without it that is an error.
+
+    A folder built from the same inputs, tokenizer and options is reused (a message says so).
+    """
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    out = Path(out_dir)
+    corpus = Corpus(inputs, field=field, column=column, header=header, split_sentences=split_sentences, errors=errors)
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    token_dtype = _choose_dtype(dtype, tokenizer.vocab_size)
+    options = {"field": field, "column": column, "header": header, "split_sentences": split_sentences,
+               "errors": errors, "holdout": holdout, "seed": seed, "joiner": joiner,
+               "dtype": token_dtype.name, "segmenter": segmenter_name()}
+    build = {"sources": _sources(corpus.files), "tokenizer": tokenizer_fingerprint(tokenizer), "options": options}
+    build_key = hashlib.sha256(json.dumps(build, sort_keys=True).encode()).hexdigest()
+    if _reusable(out, build, build_key, overwrite):
+        _say(progress, f"{out}: shards are up to date (same inputs, tokenizer and options); reusing them")
+        return out
+    total = sum(s["size"] for s in build["sources"])
+    if workers is None:
+        workers = 1 if total < 2 * _CHUNK_BYTES else min(8, os.cpu_count() or 1)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        counts = _write_splits(corpus, tokenizer, str(tokenizer_dir), tmp, token_dtype, options, workers, total,
+                               progress)
+        tokenizer.save(tmp / "tokenizer")
+        meta = _meta(tokenizer, build, build_key, token_dtype, counts, corpus)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _say(progress, _summary(out, counts, corpus))
+    return out
+
+
+def _choose_dtype(dtype: str, vocab_size: int) -> np.dtype:
+    if dtype == "auto":
+        return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+    if dtype not in ("uint16", "uint32"):
+        raise ValueError(f"dtype must be 'auto', 'uint16' or 'uint32', got {dtype!r}")
+    if dtype == "uint16" and vocab_size > 1 << 16:
+        raise ValueError(f"dtype uint16 cannot hold ids of a vocabulary of {vocab_size}")
+    return np.dtype(dtype)
+
+
+def _reusable(out: Path, build: dict[str, Any], build_key: str, overwrite: bool) -> bool:
+    """True when ``out`` already holds this build; an error when it holds another (unless overwrite)."""
+    if not out.exists():
+        return False
+    meta_path = out / "meta.json"
+    if not meta_path.is_file():
+        if overwrite or (out.is_dir() and not any(out.iterdir())):
+            return False
+        raise ValueError(f"{out}: exists and is not a shard folder (no meta.json); choose another output")
+    old = json.loads(meta_path.read_text(encoding="utf-8"))
+    if old.get("build_key") == build_key:
+        return True
+    if overwrite:
+        return False
+    differs = [k for k in ("sources", "tokenizer", "options") if old.get("build", {}).get(k) != build[k]]
+    raise ValueError(f"{out}: holds shards built from other {', '.join(differs) or 'settings'}; "
+                     "use overwrite=True (--overwrite) to rebuild")
+
+
+def _write_splits(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, tmp: Path, dtype: np.dtype,
+                  options: dict[str, Any], workers: int, total: int, progress: bool) -> dict[str, dict[str, int]]:
+    has_gz = any(f.suffix.lower() == ".gz" for f in corpus.files)
+    writers = {name: _SplitWriter(tmp / name, dtype) for name in SPLITS}
+    bar = tqdm(total=None if has_gz else total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+    next_doc = 0
+    try:
+        with bar:
+            for chunk in _encoded(corpus, tokenizer, tokenizer_path, options["joiner"], workers):
+                n = len(chunk.document_sentences)
+                non_empty = chunk.document_sentences > 0
+                held = _held_out(np.arange(next_doc, next_doc + n), options["holdout"], options["seed"])
+                writers["train"].write(chunk, np.flatnonzero(non_empty & ~held))
+                writers["eval"].write(chunk, np.flatnonzero(non_empty & held))
+                next_doc += n
+                bar.update(chunk.text_bytes)
+            if bar.total:
+                bar.update(max(0, bar.total - bar.n))
+    finally:
+        counts = {name: w.close() for name, w in writers.items()}
+    return counts
+
+
+def _meta(tokenizer: Tokenizer, build: dict[str, Any], build_key: str, dtype: np.dtype,
+          counts: dict[str, dict[str, int]], corpus: Corpus) -> dict[str, Any]:
+    specials = {role: getattr(tokenizer, f"{role}_id") for role in _SPECIAL_ROLES}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": dtype.name,
+        "tokenizer": {"fingerprint": build["tokenizer"], "kind": tokenizer.kind,
+                      "vocab_size": tokenizer.vocab_size, "special_ids": specials},
+        "splits": counts,
+        "read": {"files": corpus.stats.files, "documents": corpus.stats.documents,
+                 "sentences": corpus.stats.sentences, "bytes": corpus.stats.bytes,
+                 "skipped": corpus.stats.skipped, "skipped_examples": corpus.stats.examples,
+                 "empty_files": corpus.stats.empty_files},
+        "build": build,
+        "build_key": build_key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _summary(out: Path, counts: dict[str, dict[str, int]], corpus: Corpus) -> str:
+    parts = [f"{name}: {c['documents']} documents, {c['sentences']} sentences, {c['tokens']} tokens"
+             for name, c in counts.items() if c["documents"] or name == "train"]
+    text = f"{out}: " + "; ".join(parts)
+    if corpus.stats.skipped:
+        text += "\n  skipped: " + ", ".join(f"{n} ({why})" for why, n in sorted(corpus.stats.skipped.items()))
+        text += "".join(f"\n    {e}" for e in corpus.stats.examples)
+    return text
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class ShardSet:
+    """Random access to one split of a shard folder.
+
+    Attributes:
+        tokens: (N,) memory-mapped token ids of the split, documents back to back.
+        word_start: (N,) memory-mapped uint8, 1 where a token starts a whole word.
+        sentence_offsets: (S + 1,) int64, sentence j is ``tokens[sentence_offsets[j]:sentence_offsets[j + 1]]``.
+        document_offsets: (D + 1,) int64, document i holds sentences ``document_offsets[i]:document_offsets[i + 1]``.
+        document_token_offsets: (D + 1,) int64, document i is ``tokens[a:b]`` with these bounds.
+        specials: the tokenizer's special ids; ``vocab_size``: its vocabulary size.
+    """
+
+    def __init__(self, path: Path, split: str, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.split = split
+        self.meta = meta
+        folder = path / split
+        self.dtype = np.dtype(meta["dtype"])
+        self.tokens = _memmap(folder / "tokens.bin", self.dtype)
+        self.word_start = _memmap(folder / "word_start.bin", np.dtype(np.uint8))
+        self.sentence_offsets = np.fromfile(folder / "sentences.bin", dtype=np.int64)
+        self.document_offsets = np.fromfile(folder / "documents.bin", dtype=np.int64)
+        self.document_token_offsets = self.sentence_offsets[self.document_offsets]
+        info = meta["tokenizer"]
+        self.vocab_size: int = int(info["vocab_size"])
+        self.kind: str = info["kind"]
+        self.specials = SpecialIds(**{k: info["special_ids"].get(k) for k in _SPECIAL_ROLES})
+
+    @classmethod
+    def open(cls, path: str | Path, split: str = "train") -> ShardSet:
+        """Open a split ("train" or "eval") of a folder written by :func:`prepare`."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{path}: not a shard folder (no meta.json); build one with `plmkit prepare`")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError(f"{meta_path}: not {FORMAT} version {VERSION} (format {meta.get('format')!r}, "
+                             f"version {meta.get('version')!r}); rebuild with `plmkit prepare`")
+        if split not in meta["splits"]:
+            raise ValueError(f"{path}: no split {split!r}; splits are {', '.join(meta['splits'])}")
+        return cls(path, split, meta)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """The folder with the tokenizer the shards were built with."""
+        return self.path / "tokenizer"
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.document_offsets) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sentence_offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def __len__(self) -> int:
+        return self.num_documents
+
+    def document(self, i: int) -> np.ndarray:
+        """(n,) token ids of document ``i`` (its sentences back to back)."""
+        a, b = self.document_token_offsets[i], self.document_token_offsets[i + 1]
+        return np.asarray(self.tokens[a:b])
+
+    def sentence(self, j: int) -> np.ndarray:
+        """(n,) token ids of sentence ``j`` (global sentence index)."""
+        return np.asarray(self.tokens[self.sentence_offsets[j] : self.sentence_offsets[j + 1]])
+
+    def sentences(self, i: int) -> list[np.ndarray]:
+        """The sentences of document ``i``, each (n_j,) token ids."""
+        return [self.sentence(j) for j in range(self.document_offsets[i], self.document_offsets[i + 1])]
+
+    def __repr__(self) -> str:
+        return (f"ShardSet({str(self.path)!r}, split={self.split!r}, documents={self.num_documents}, "
+                f"sentences={self.num_sentences}, tokens={self.num_tokens}, dtype={self.dtype.name})")
+
+
+def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: plmkit prepare
+
+
+def cli_configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+",
+                        help="corpus files, folders or glob patterns (.txt .jsonl .json .csv .tsv, .gz)")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or vocab file")
+    parser.add_argument("-o", "--output", required=True, help="shard folder to write")
+    parser.add_argument("--field", default="text", help="JSON field holding the text (default: text)")
+    parser.add_argument("--column", default=None, help="CSV/TSV column: 0-based index or header name")
+    parser.add_argument("--no-header", dest="header", action="store_false", help="CSV/TSV files have no header row")
+    parser.add_argument("--split-sentences", action="store_true", help="split lines into sentences (. ! ? 。！？)")
+    parser.add_argument("--errors", choices=("strict", "skip"), default="strict",
+                        help="bad lines: stop with an error (strict) or skip and count them")
+    parser.add_argument("--holdout", type=float, default=0.01,
+                        help="fraction of documents held out for eval (default 0.01)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(8, CPUs))")
+    parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild when the output holds other shards")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    column: int | str | None = args.column
+    if isinstance(column, str) and column.isdigit():
+        column = int(column)
+    prepare(args.inputs, args.tokenizer, args.output, field=args.field, column=column, header=args.header,
+            split_sentences=args.split_sentences, errors=args.errors, holdout=args.holdout, seed=args.seed,
+            workers=args.workers, dtype=args.dtype, overwrite=args.overwrite)
+    return 0
