@@ -198,3 +198,13 @@ def test_warm_start_seq2seq_from_encoder():
     ids = torch.randint(5, 100, (2, 6))
     torch.testing.assert_close(model.encode(ids), encoder(ids).hidden_states)
     assert model.decoder.emb.tok.weight is model.encoder.emb.tok.weight
+
+
+@pytest.mark.parametrize("extra", [["norm=pre"], ["position=rotary"]])
+def test_configs_without_hf_equivalent_round_trip_natively(tmp_path, extra):
+    model = build_model(tiny("bert-tiny", *extra), "masked-lm").eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "plmkit-bert"  # transformers refuses it rather than computing another model
+    ids = torch.randint(5, 100, (2, 6))
+    torch.testing.assert_close(plmkit.load(tmp_path).eval()(ids).logits, model(ids).logits)

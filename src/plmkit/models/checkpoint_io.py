@@ -33,7 +33,7 @@ def save_model(model, directory: str | Path, tokenizer=None) -> Path:
     cfg, task = model.config, model.task
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tied = model.tied_parameter_names()
-    if cfg.family in hf_compat.HF_FAMILIES:
+    if hf_compat.hf_representable(cfg):
         tensors = hf_compat.to_hf_state(state, cfg, task, skip=tied)
     else:
         tensors = {k: v.contiguous() for k, v in state.items() if k not in tied}
@@ -90,7 +90,7 @@ def load_model(directory: str | Path, task: str | None = None, **overrides):
     model = build_model(cfg, task)
     weights = read_weights(directory)
     path = Path(directory) / WEIGHTS_FILE
-    if cfg.family in hf_compat.HF_FAMILIES:
+    if hf_compat.hf_representable(cfg):
         state, unused = hf_compat.from_hf_state(weights, cfg, task)
     else:
         expected = model.state_dict()

@@ -214,7 +214,7 @@ _HEAD_ROOTS = {"cls", "lm_head", "predictions", "sop_classifier", "classifier", 
 def config_to_hf(cfg: ModelConfig, task: str) -> dict[str, Any]:
     """config.json in HF's schema for cfg.family (plus a `plmkit` section with the full config)."""
     d: dict[str, Any] = {}
-    if cfg.family in HF_FAMILIES:
+    if hf_representable(cfg):
         d["architectures"] = [architecture(cfg.family, task)]
         d["model_type"] = cfg.family
         d.update(_gpt2_fields(cfg) if cfg.family == "gpt2" else _encoder_fields(cfg))
@@ -231,6 +231,17 @@ def config_to_hf(cfg: ModelConfig, task: str) -> dict[str, Any]:
         d["model_type"] = f"plmkit-{cfg.family}"
     d["plmkit"] = {"task": task, "config": cfg.to_dict()}
     return d
+
+
+def hf_representable(cfg: ModelConfig) -> bool:
+    """Whether `transformers` computes the same function from this config's HF translation.
+
+    A BERT with pre-norm or rotary positions has no HF equivalent: its config.json then gets a
+    `plmkit-*` model_type, so `transformers` refuses it instead of silently computing another model.
+    """
+    if cfg.family not in HF_FAMILIES or cfg.position != "learned":
+        return False
+    return cfg.norm == ("pre" if cfg.family == "gpt2" else "post")
 
 
 def _encoder_fields(cfg: ModelConfig) -> dict[str, Any]:
