@@ -20,6 +20,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# Tiny models run faster on one thread than on two contending ones (fused AdamW especially).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

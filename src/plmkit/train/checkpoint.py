@@ -1,0 +1,451 @@
+"""Training checkpoints that are complete or absent, and exact resume.
+
+A checkpoint is a folder ``checkpoint-{step:08d}`` holding
+
+    model.safetensors                      weights (tied tensors stored once, aliases in metadata)
+    optimizer.json + optimizer.safetensors optimizer state: tensors flattened, the rest as JSON
+    trainer_state.json                     step, counters, batch geometry, the training config
+    rng-rank{r}.json/.safetensors          python, numpy, torch CPU (and CUDA) RNG states per rank
+    stream-rank{r}.json/.safetensors       the data stream's state_dict() per rank
+    COMPLETE                               written last: a folder without it does not count
+
+It is written to a hidden temp folder, every file fsynced, then renamed into place, so a
+crash leaves either the whole checkpoint or none. Nothing is ever unpickled: loading reads
+only safetensors and JSON, so a checkpoint someone hands you cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from plmkit.config import ConfigError
+from plmkit.train.distributed import DistEnv, barrier, full_state_dict, is_fsdp, unwrap
+
+MARKER = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d{8})$")
+_TMP_PREFIX = ".tmp-checkpoint-"
+_TRASH_PREFIX = ".trash-checkpoint-"
+RESUME_FIELDS = ("batch_size", "grad_accum", "world_size")
+"""Fields that must match between a checkpoint and the run resuming it (they fix the data order)."""
+
+
+# --------------------------------------------------------------------------- tree codec
+
+
+def encode_tree(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested state (dicts, lists, tuples, scalars, tensors, numpy arrays) into
+    JSON-able data and a flat dict of tensors, so it can be stored without pickle."""
+    tensors: dict[str, torch.Tensor] = {}
+    return _encode(obj, tensors, {}, "state"), tensors
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], seen: dict[int, str], where: str) -> Any:
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        kind = "__tensor__" if isinstance(obj, torch.Tensor) else "__ndarray__"
+        if id(obj) not in seen:
+            t = obj.detach().cpu() if isinstance(obj, torch.Tensor) else torch.from_numpy(np.array(obj))
+            seen[id(obj)] = key = str(len(tensors))
+            tensors[key] = t.contiguous().clone()
+        return {kind: seen[id(obj)]}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors, seen, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, seen, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, tensors, seen, f"{where}.{k}") for k, v in obj.items()}
+        return {"__items__": [[_encode(k, tensors, seen, where), _encode(v, tensors, seen, f"{where}[{k!r}]")]
+                              for k, v in obj.items()]}
+    raise TypeError(
+        f"{where}: cannot store a {type(obj).__name__} in a checkpoint "
+        "(allowed: dict, list, tuple, str, int, float, bool, None, torch.Tensor, numpy array)"
+    )
+
+
+def decode_tree(data: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `encode_tree`."""
+    if isinstance(data, list):
+        return [decode_tree(v, tensors) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if len(data) == 1:
+        (key, value), = data.items()
+        if key == "__tensor__":
+            return tensors[value]
+        if key == "__ndarray__":
+            return tensors[value].numpy()
+        if key == "__tuple__":
+            return tuple(decode_tree(v, tensors) for v in value)
+        if key == "__items__":
+            return {_hashable(decode_tree(k, tensors)): decode_tree(v, tensors) for k, v in value}
+    return {k: decode_tree(v, tensors) for k, v in data.items()}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def write_tree(directory: Path, name: str, obj: Any) -> list[Path]:
+    """Store `obj` as directory/name.json (+ name.safetensors when it holds tensors)."""
+    data, tensors = encode_tree(obj)
+    paths = [directory / f"{name}.json"]
+    paths[0].write_text(json.dumps(data), encoding="utf-8")
+    if tensors:
+        paths.append(directory / f"{name}.safetensors")
+        save_file(tensors, str(paths[1]))
+    return paths
+
+
+def read_tree(directory: Path, name: str) -> Any:
+    """Load what `write_tree` stored (JSON and safetensors only; nothing is unpickled)."""
+    path = directory / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {directory} is missing {path.name}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    tensor_path = directory / f"{name}.safetensors"
+    tensors = _read_safetensors(tensor_path)[0] if tensor_path.is_file() else {}
+    return decode_tree(data, tensors)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The RNG states of python, numpy, torch CPU and (when initialized) every CUDA device."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda[torch.cuda.current_device() % len(cuda)])
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}"
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint counts only when its folder has the right name and the completion marker."""
+    return path.is_dir() and _NAME.match(path.name) is not None and (path / MARKER).is_file()
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under `out_dir`, oldest step first."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.iterdir() if is_complete(p)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under `out_dir`, or None."""
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(out_dir: Path, resume: str | Path | None) -> Path | None:
+    """Which checkpoint to resume from.
+
+    None: a fresh run (an error when `out_dir` already holds checkpoints, so nothing is
+    overwritten by accident); "auto": the newest complete one in `out_dir`, or a fresh run
+    when there is none; a path: that checkpoint, or the newest one inside that run folder.
+    """
+    if resume is None:
+        existing = latest_checkpoint(out_dir)
+        if existing is not None:
+            raise ValueError(
+                f"{out_dir} already holds checkpoints (newest {existing.name}); "
+                "pass resume='auto' to continue that run or choose another output folder"
+            )
+        return None
+    if resume == "auto":
+        return latest_checkpoint(out_dir)
+    path = Path(resume)
+    if is_complete(path):
+        return path
+    if path.is_dir() and _NAME.match(path.name) is None:
+        newest = latest_checkpoint(path)
+        if newest is not None:
+            return newest
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dedupe(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one copy of tensors that share memory (tied weights); aliases map dropped -> kept."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    owners: dict[tuple, str] = {}
+    for name, t in weights.items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in owners:
+            aliases[name] = owners[key]
+            continue
+        owners[key] = name
+        kept[name] = t.detach().cpu().contiguous()
+    return kept, aliases
+
+
+def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Optimizer state keyed by parameter names instead of positions (a collective under FSDP)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(unwrap(model), optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = _position_names(model, optimizer)
+    state = optimizer.state_dict()
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[i] for i in g["params"]]}
+              for g in state["param_groups"]]
+    return {"state": {names[i]: s for i, s in state["state"].items()}, "param_groups": groups}
+
+
+def _position_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The parameter name of each optimizer position (positions count across groups, in order)."""
+    by_id = {id(p): n for n, p in unwrap(model).named_parameters()}
+    names = [by_id.get(id(p)) for g in optimizer.param_groups for p in g["params"]]
+    if None in names:
+        raise ValueError("the optimizer holds parameters that are not in the model")
+    return names  # type: ignore[return-value]
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: Any,
+    trainer_state: dict[str, Any],
+    env: DistEnv = DistEnv(),
+    keep_last: int = 0,
+) -> Path:
+    """Write ``out_dir/checkpoint-{step:08d}`` atomically; every rank calls this.
+
+    Rank 0 writes the weights, the optimizer and `trainer_state` (JSON-able); each rank
+    writes its RNG states and ``stream.state_dict()``. Afterwards only the newest
+    `keep_last` complete checkpoints are kept (0 keeps all). Returns the final folder.
+    """
+    out = Path(out_dir)
+    tmp = out / f"{_TMP_PREFIX}{step:08d}"
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier(env)
+    weights = full_state_dict(model)
+    optim_state = _optimizer_state(model, optimizer)
+    written: list[Path] = []
+    if env.is_main:
+        kept, aliases = _dedupe(weights)
+        save_file(kept, str(tmp / "model.safetensors"), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+        written.append(tmp / "model.safetensors")
+        written += write_tree(tmp, "optimizer", optim_state)
+        state = dict(trainer_state, step=step)
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        written.append(tmp / "trainer_state.json")
+    written += write_tree(tmp, f"rng-rank{env.rank}", capture_rng_state())
+    written += write_tree(tmp, f"stream-rank{env.rank}", stream.state_dict())
+    for path in written:
+        _fsync(path)
+    barrier(env)
+    final = out / checkpoint_name(step)
+    if env.is_main:
+        _publish(tmp, final, step)
+        if keep_last > 0:
+            prune_checkpoints(out, keep_last)
+    barrier(env)
+    return final
+
+
+def _publish(tmp: Path, final: Path, step: int) -> None:
+    """Mark `tmp` complete and rename it to `final` (replacing an older folder of that step)."""
+    marker = tmp / MARKER
+    marker.write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
+    _fsync(marker)
+    _fsync(tmp)
+    trash = final.parent / f"{_TRASH_PREFIX}{final.name}"
+    if final.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that an interrupted deletion never leaves a 'complete' folder."""
+    (path / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints; returns the deleted folders."""
+    found = list_checkpoints(out_dir)
+    doomed = found[:-keep_last] if keep_last > 0 else []
+    for path in doomed:
+        _remove(path)
+    return doomed
+
+
+def clean_partial(out_dir: str | Path) -> list[Path]:
+    """Remove leftovers of interrupted writes: temp/trash folders and unmarked checkpoint folders."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    leftovers = [
+        p for p in out.iterdir()
+        if p.is_dir() and (p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) or (_NAME.match(p.name) and not is_complete(p)))
+    ]
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+    return leftovers
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The trainer_state.json of a checkpoint folder."""
+    file = Path(path) / "trainer_state.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing trainer_state.json")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """Raise ConfigError naming every field of RESUME_FIELDS that differs between runs."""
+    changed = [
+        f"{name} was {saved.get(name)} and is now {current.get(name)}"
+        for name in RESUME_FIELDS
+        if saved.get(name) != current.get(name)
+    ]
+    if changed:
+        raise ConfigError(
+            f"cannot resume from {path}: {'; '.join(changed)}. These fix which examples form each "
+            "step, so an exact resume needs the same values; restore them or start a new run"
+        )
+
+
+def load_model_weights(path: str | Path, model: nn.Module) -> None:
+    """Load a checkpoint's model.safetensors into `model` (plain, DDP or FSDP2), strictly."""
+    weights, meta = _read_safetensors(Path(path) / "model.safetensors")
+    for alias, owner in json.loads(meta.get("aliases", "{}")).items():
+        weights[alias] = weights[owner]
+    inner = unwrap(model)
+    if is_fsdp(inner):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(inner, weights, options=StateDictOptions(full_state_dict=True))
+    else:
+        inner.load_state_dict(weights, strict=True)
+
+
+def load_optimizer_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load optimizer.json/.safetensors, keeping this optimizer's kernel choice (fused/foreach)."""
+    state = read_tree(Path(path), "optimizer")
+    impl_keys = ("fused", "foreach", "capturable", "differentiable")
+    impl = [{k: g[k] for k in impl_keys if k in g} for g in optimizer.param_groups]
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(_by_position(state, _position_names(model, optimizer), path))
+    for group, keep in zip(optimizer.param_groups, impl):
+        group.update(keep)
+
+
+def _by_position(state: dict[str, Any], names: list[str], path: str | Path) -> dict[str, Any]:
+    """Turn name-keyed optimizer state back into torch's position-keyed form."""
+    saved = [n for g in state["param_groups"] for n in g["params"]]
+    if saved != names:
+        missing, extra = sorted(set(names) - set(saved)), sorted(set(saved) - set(names))
+        raise ValueError(f"{path}: optimizer state does not match the model's trainable parameters "
+                         f"(missing {missing[:5]}, unexpected {extra[:5]}, or grouped differently)")
+    position = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": [position[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {position[n]: s for n, s in state["state"].items()}, "param_groups": groups}
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: Any,
+    current: dict[str, Any],
+    env: DistEnv = DistEnv(),
+) -> dict[str, Any]:
+    """Restore weights, optimizer, this rank's RNG and stream state; returns trainer_state.
+
+    `current` holds this run's RESUME_FIELDS; a mismatch raises ConfigError before anything
+    is loaded.
+    """
+    path = Path(path)
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    state = read_trainer_state(path)
+    check_resume_compatible(state, current, path)
+    load_model_weights(path, model)
+    load_optimizer_state(path, model, optimizer)
+    stream.load_state_dict(read_tree(path, f"stream-rank{env.rank}"))
+    restore_rng_state(read_tree(path, f"rng-rank{env.rank}"))
+    return state

@@ -1,0 +1,509 @@
+"""The one training loop: every recipe and every device count trains through `train`.
+
+One optimizer step = `grad_accum` micro-batches per process. Their losses are weighted by
+the number of label positions each one averages over (``out.n_targets``), across
+micro-batches and ranks, so accumulating 2 x 4 examples, or splitting 8 examples over two
+processes, gives the same update as one batch of 8. Around that: AdamW with an LR that is
+a function of the step, gradient clipping, bf16 autocast, a guard that refuses non-finite
+updates, periodic evaluation, metrics.jsonl / TensorBoard / a progress bar, atomic
+checkpoints and an exact resume, and a final ``save_pretrained`` export.
+
+The data stream is any iterable of model-ready micro-batches (dicts of tensors, passed as
+``model(**batch)``) with ``state_dict()`` / ``load_state_dict()`` (see `BatchStream`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from plmkit.config import ConfigError
+from plmkit.train import checkpoint as ckpt
+from plmkit.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    export_pretrained,
+    gradient_sync,
+    init_distributed,
+    parallelize,
+    shard_stream,
+)
+from plmkit.train.metrics_log import METRICS_FILE, MetricsLog, plot_loss_curve
+from plmkit.train.optim import build_optimizer, lr_at
+
+logger = logging.getLogger(__name__)
+
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+Callback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs to know; the `train:` section of a recipe's YAML."""
+
+    lr: float = 5e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr_ratio: float = 0.1
+    """The linear/cosine schedule ends at lr * min_lr_ratio."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from lr / warmup_steps to lr."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup."""
+    max_steps: int = 1000
+    """Optimizer steps to train for (resuming continues up to this step)."""
+    batch_size: int = 32
+    """Examples per micro-batch on each process (the data stream is built with it)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; global batch = batch_size * grad_accum * world size."""
+    clip_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; None or 0 disables clipping."""
+    weight_decay: float = 0.01
+    """Decoupled AdamW weight decay (never applied to biases, norms or embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast for the forward pass (weights and optimizer state stay fp32)."""
+    eval_every: int = 0
+    """Run eval_fn every this many steps and at the end; 0 = only at the end."""
+    save_every: int = 1000
+    """Write a checkpoint every this many steps and at the end; 0 = no checkpoints."""
+    keep_last: int = 2
+    """Keep only the newest this many checkpoints; 0 keeps all."""
+    log_every: int = 10
+    """Write a metrics record (mean loss over the window) every this many steps."""
+    seed: int = 0
+    """Seed of python, numpy and torch at the start of a fresh run (rank r uses seed + r)."""
+    compile: bool = False
+    """Run the forward pass through torch.compile."""
+    fused_adamw: bool | Literal["auto"] = "auto"
+    """torch's fused AdamW kernel: "auto" uses it where the device supports it."""
+    device: str = "auto"
+    """"auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1"; torchrun ranks take cuda:LOCAL_RANK."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes share the work: replicate (DDP) or shard (FSDP2)."""
+    max_nonfinite_skips: int = 0
+    """Steps with a NaN/inf loss or gradient are skipped (no update) this many times per run;
+    one more stops training with NonFiniteError. 0 = stop at the first."""
+    progress: bool = True
+    """Show a progress bar (loss, tokens/s, ETA) on rank 0."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {list(self.betas)}")
+        positive = ("lr", "max_steps", "batch_size", "grad_accum", "log_every", "eps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        at_least_zero = ("warmup_steps", "eval_every", "save_every", "keep_last", "weight_decay", "max_nonfinite_skips")
+        for name in at_least_zero:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.clip_norm is not None and self.clip_norm < 0:
+            raise ConfigError(f"train.clip_norm must be >= 0 or null, got {self.clip_norm}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (1-based)."""
+        return lr_at(step, self.lr, self.warmup_steps, self.max_steps, self.schedule, self.min_lr_ratio)
+
+
+class BatchStream(Protocol):
+    """What `train` reads: model-ready micro-batches and a resumable position.
+
+    Iterating after ``load_state_dict(s)`` must yield exactly the batches that followed the
+    moment ``state_dict()`` returned s; when an iterator is exhausted the loop calls
+    ``iter()`` again (the next epoch). Under torchrun the loop calls ``shard(rank,
+    world_size)`` once before iterating, so each rank reads its own share.
+    """
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end training after the current step (checkpoint + export still run)."""
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm was NaN/inf more often than train.max_nonfinite_skips allows."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did."""
+
+    out_dir: Path
+    step: int
+    """The last completed optimizer step."""
+    start_step: int
+    """The step this call started from (0, or the resumed checkpoint's step)."""
+    losses: list[float]
+    """Training loss of each step of this call (steps start_step + 1 .. step; NaN if skipped)."""
+    eval_history: list[dict[str, float]]
+    """Each evaluation's metrics, with its "step"."""
+    tokens_seen: int
+    """Input tokens processed over all ranks since step 0."""
+    skipped_steps: int
+    """Steps skipped for non-finite values since step 0."""
+    elapsed_s: float
+    last_checkpoint: Path | None
+    final_dir: Path | None
+    """out_dir/final written by model.save_pretrained, or None if the model has no such method."""
+    resumed_from: Path | None
+    stopped_early: bool
+
+
+@dataclass
+class _Progress:
+    """Counters that a checkpoint carries so the resumed run continues them exactly."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    nonfinite_skips: int = 0
+    pending_losses: list[float] = field(default_factory=list)
+    """Losses since the last metrics record (the record averages them)."""
+
+
+@dataclass
+class _StepStats:
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    skipped: bool
+
+
+def versions() -> dict[str, str]:
+    """Versions of python, torch, numpy and plmkit, for run.json."""
+    import importlib.metadata
+
+    import numpy
+
+    try:
+        plmkit_version = importlib.metadata.version("plmkit")
+    except importlib.metadata.PackageNotFoundError:
+        plmkit_version = "unknown"
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "plmkit": plmkit_version}
+
+
+def train(
+    model: nn.Module,
+    stream: BatchStream,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    eval_fn: EvalFn | None = None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    tokenizer: Any = None,
+) -> TrainResult:
+    """Train `model` on `stream` for cfg.max_steps optimizer steps; write everything to `out_dir`.
+
+    model: returns an output with `.loss` (scalar mean) and `.n_targets` (label positions)
+        when called as ``model(**batch)``; moved to the device and wrapped for parallelism here.
+    eval_fn: ``eval_fn(model) -> {"name": value}``, called on every rank in eval mode under
+        no_grad every cfg.eval_every steps and at the end; rank 0 logs the result.
+    resume: None (fresh; an error if out_dir holds checkpoints), "auto" (newest complete
+        checkpoint in out_dir, else fresh) or the path of a checkpoint / run folder.
+    callbacks: ``cb(step, metrics)`` after each step on every rank; raise StopTraining to stop.
+    tokenizer: saved with the final export (out_dir/final) when given.
+
+    Writes out_dir/run.json (config, versions, seed) before step 1, metrics.jsonl,
+    checkpoint-XXXXXXXX folders, final/ and loss.png.
+    """
+    trainer = _Trainer(model, stream, cfg, Path(out_dir), eval_fn, list(callbacks), tokenizer)
+    return trainer.run(resume)
+
+
+class _Trainer:
+    """State of one `train` call; each method is one stage of the loop."""
+
+    def __init__(self, model: nn.Module, stream: BatchStream, cfg: TrainConfig, out_dir: Path,
+                 eval_fn: EvalFn | None, callbacks: list[Callback], tokenizer: Any) -> None:
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        self.cfg, self.stream, self.out_dir = cfg, stream, out_dir
+        self.eval_fn, self.callbacks, self.tokenizer = eval_fn, callbacks, tokenizer
+        self.env: DistEnv = init_distributed(cfg.device)
+        self.inner = model.to(self.env.device)
+        self.model = parallelize(self.inner, self.env, cfg.parallel)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = build_optimizer(self.inner, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.fused_adamw)
+        self.params = [p for p in self.inner.parameters() if p.requires_grad]
+        self.log = MetricsLog(out_dir, enabled=self.env.is_main)
+        self.progress = _Progress()
+        self.losses: list[float] = []
+        self.eval_history: list[dict[str, float]] = []
+        self.last_saved: Path | None = None
+        self._iter: Iterator[dict[str, Any]] | None = None
+        self._window = (time.perf_counter(), 0)
+
+    # ----------------------------------------------------------------------- setup
+
+    def geometry(self) -> dict[str, int]:
+        """The fields a resume must keep (see checkpoint.RESUME_FIELDS)."""
+        return {"batch_size": self.cfg.batch_size, "grad_accum": self.cfg.grad_accum,
+                "world_size": self.env.world_size}
+
+    def setup(self, resume: str | Path | None) -> Path | None:
+        """Resolve and load the checkpoint (or seed a fresh run), shard the stream, write run.json."""
+        path = ckpt.resolve_resume(self.out_dir, resume)
+        if self.env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_partial(self.out_dir)
+        barrier(self.env)
+        shard_stream(self.stream, self.env)
+        if path is None:
+            ckpt.seed_everything(self.cfg.seed + self.env.rank)
+        else:
+            saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.stream, self.geometry(), self.env)
+            self.progress = _Progress(step=saved["step"], tokens_seen=saved["tokens_seen"],
+                                      nonfinite_skips=saved["nonfinite_skips"],
+                                      pending_losses=list(saved["pending_losses"]))
+            self.last_saved = path
+        self.log.truncate_after(self.progress.step)
+        if self.env.is_main:
+            self.write_run_json(path)
+        barrier(self.env)
+        return path
+
+    def write_run_json(self, resumed_from: Path | None) -> None:
+        """out_dir/run.json: resolved config, seed, versions, device, model summary."""
+        model_cfg = getattr(self.inner, "config", None)
+        info = {
+            "config": dataclasses.asdict(self.cfg),
+            "seed": self.cfg.seed,
+            "versions": versions(),
+            "device": str(self.env.device),
+            "world_size": self.env.world_size,
+            "model": {
+                "class": type(self.inner).__name__,
+                "task": getattr(self.inner, "task", None),
+                "parameters": sum(p.numel() for p in self.params),
+                "config": model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else None,
+            },
+            "resumed_from": None if resumed_from is None else str(resumed_from),
+            "start_step": self.progress.step,
+            "command": sys.argv,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        tmp = self.out_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, self.out_dir / "run.json")
+
+    # ----------------------------------------------------------------------- one step
+
+    def next_batch(self) -> dict[str, Any]:
+        """The next micro-batch, on the device; a finished iterator starts the next epoch."""
+        if self._iter is None:
+            self._iter = iter(self.stream)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._iter = iter(self.stream)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                raise ValueError("the data stream yielded no batches") from None
+        dev = self.env.device
+        return {k: v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def micro_step(self, batch: dict[str, Any], sync: bool) -> Tensor:
+        """Forward + backward of one micro-batch with loss * n_targets; returns [loss*n, n, tokens]."""
+        with gradient_sync(self.model, sync):
+            with self.autocast():
+                out = self.forward(**batch)
+            loss = getattr(out, "loss", None)
+            if loss is None:
+                raise ValueError(f"the model returned no loss; does the batch have labels? keys: {sorted(batch)}")
+            n = _n_targets(out, batch, loss.device)
+            (loss * n).backward()
+        tokens = _count_tokens(batch, loss.device)
+        dtype = torch.float32 if loss.device.type == "mps" else torch.float64
+        return torch.stack([loss.detach().to(dtype) * n, n.to(dtype), tokens.to(dtype)])
+
+    def train_step(self, step: int) -> _StepStats:
+        """One optimizer step: accumulate, normalize by the global target count, clip, guard, update."""
+        cfg = self.cfg
+        lr = cfg.lr_at(step)
+        totals = sum(self.micro_step(self.next_batch(), i == cfg.grad_accum - 1) for i in range(cfg.grad_accum))
+        loss_sum, n_total, tokens = all_reduce_sum(totals, self.env).tolist()
+        loss = loss_sum / n_total if n_total > 0 else math.nan
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if n_total > 0 and grads:
+            # each rank holds the (DDP/FSDP-averaged) sum of loss_i * n_i; make it the global mean
+            torch._foreach_mul_(grads, self.env.world_size / n_total)
+        norm = self.clip_gradients() if grads else 0.0
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.handle_nonfinite(step, loss, norm)
+            return _StepStats(loss, norm, lr, int(tokens), skipped=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return _StepStats(loss, norm, lr, int(tokens), skipped=False)
+
+    def clip_gradients(self) -> float:
+        """Clip to cfg.clip_norm (when set) and return the global gradient norm before clipping."""
+        max_norm = self.cfg.clip_norm if self.cfg.clip_norm else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def handle_nonfinite(self, step: int, loss: float, norm: float) -> None:
+        """Skip the update, or stop with NonFiniteError once the allowance is used up."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.nonfinite_skips += 1
+        used, allowed = self.progress.nonfinite_skips, self.cfg.max_nonfinite_skips
+        what = f"step {step}: loss {loss}, gradient norm {norm}"
+        if used > allowed:
+            raise NonFiniteError(
+                f"{what}; stopped before the optimizer step (weights are those after step {step - 1}). "
+                f"Lower train.lr, set train.clip_norm, check the data, or allow skipping with "
+                f"train.max_nonfinite_skips (now {allowed})"
+            )
+        logger.warning("%s; skipped this update (%d of %d allowed skips)", what, used, allowed)
+
+    # ----------------------------------------------------------------------- around the step
+
+    def record(self, step: int, stats: _StepStats, pbar: tqdm) -> dict[str, float]:
+        """Update counters and the progress bar; every log_every steps write a metrics record."""
+        prog = self.progress
+        prog.step = step
+        prog.tokens_seen += stats.tokens
+        prog.pending_losses.append(stats.loss)
+        self.losses.append(stats.loss)
+        metrics = {"loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                   "tokens": float(prog.tokens_seen), "skipped": float(stats.skipped)}
+        pbar.update(1)
+        if step % self.cfg.log_every == 0 or step == self.cfg.max_steps:
+            now = time.perf_counter()
+            start, start_tokens = self._window
+            rate = (prog.tokens_seen - start_tokens) / max(now - start, 1e-9)
+            finite = [x for x in prog.pending_losses if math.isfinite(x)]
+            mean = sum(finite) / len(finite) if finite else math.nan
+            self.log.log({"kind": "train", "step": step, "loss": mean, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                          "tokens": prog.tokens_seen, "tokens_per_s": rate, "skipped": prog.nonfinite_skips})
+            pbar.set_postfix(loss=f"{mean:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+            prog.pending_losses = []
+            self._window = (now, prog.tokens_seen)
+        return metrics
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Run eval_fn on the user's model in eval mode; log and return its metrics."""
+        was_training = self.inner.training
+        self.inner.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                raw = self.eval_fn(self.inner)  # type: ignore[misc]
+        finally:
+            self.inner.train(was_training)
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"eval_fn must return a mapping of metric name -> number, got {type(raw).__name__}")
+        metrics = {str(k): float(v) for k, v in raw.items()}
+        self.eval_history.append({"step": step, **metrics})
+        self.log.log({"kind": "eval", "step": step, **metrics})
+        return metrics
+
+    def save(self, step: int) -> None:
+        state = {**self.geometry(), "tokens_seen": self.progress.tokens_seen,
+                 "nonfinite_skips": self.progress.nonfinite_skips, "pending_losses": self.progress.pending_losses,
+                 "max_steps": self.cfg.max_steps, "config": dataclasses.asdict(self.cfg)}
+        self.last_saved = ckpt.save_checkpoint(self.out_dir, step, self.model, self.optimizer, self.stream,
+                                               state, self.env, self.cfg.keep_last)
+
+    def after_step(self, step: int, metrics: dict[str, float]) -> bool:
+        """Evaluate, checkpoint and run callbacks; True when a callback asked to stop."""
+        cfg, final = self.cfg, step == self.cfg.max_steps
+        if self.eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
+            metrics.update({f"eval_{k}": v for k, v in self.evaluate(step).items()})
+        if cfg.save_every and step % cfg.save_every == 0:
+            self.save(step)
+        stop = False
+        for callback in self.callbacks:
+            try:
+                callback(step, metrics)
+            except StopTraining:
+                stop = True
+        return stop
+
+    # ----------------------------------------------------------------------- the loop
+
+    def run(self, resume: str | Path | None) -> TrainResult:
+        started = time.perf_counter()
+        resumed_from = self.setup(resume)
+        start_step = self.progress.step
+        self.inner.train()
+        pbar = tqdm(total=self.cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                    disable=not (self.env.is_main and self.cfg.progress))
+        stopped = False
+        self._window = (time.perf_counter(), self.progress.tokens_seen)
+        try:
+            while self.progress.step < self.cfg.max_steps and not stopped:
+                step = self.progress.step + 1
+                metrics = self.record(step, self.train_step(step), pbar)
+                stopped = self.after_step(step, metrics)
+        finally:
+            pbar.close()
+            self.log.close()
+        return self.finish(started, start_step, resumed_from, stopped)
+
+    def finish(self, started: float, start_step: int, resumed_from: Path | None, stopped: bool) -> TrainResult:
+        """Final checkpoint (if the last step was not saved), export to out_dir/final, loss plot."""
+        step = self.progress.step
+        if self.cfg.save_every and step > start_step and (self.last_saved is None or
+                                                          self.last_saved.name != ckpt.checkpoint_name(step)):
+            self.save(step)
+        final_dir = export_pretrained(self.model, self.out_dir / "final", self.env, self.tokenizer)
+        if self.env.is_main:
+            plot_loss_curve(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
+        return TrainResult(
+            out_dir=self.out_dir, step=step, start_step=start_step, losses=self.losses,
+            eval_history=self.eval_history, tokens_seen=self.progress.tokens_seen,
+            skipped_steps=self.progress.nonfinite_skips, elapsed_s=time.perf_counter() - started,
+            last_checkpoint=self.last_saved, final_dir=final_dir, resumed_from=resumed_from, stopped_early=stopped,
+        )
+
+
+def _n_targets(out: Any, batch: dict[str, Any], device: torch.device) -> Tensor:
+    """Label positions the loss averaged over; falls back to the batch size."""
+    n = getattr(out, "n_targets", None)
+    if n is None:
+        first = next((v for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0), None)
+        n = first.size(0) if first is not None else 1
+    return torch.as_tensor(n, device=device)
+
+
+def _count_tokens(batch: dict[str, Any], device: torch.device) -> Tensor:
+    """Real input tokens of a micro-batch (attention_mask sum, else input_ids size)."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, Tensor):
+        return mask.sum().to(device)
+    ids = batch.get("input_ids")
+    return torch.tensor(ids.numel() if isinstance(ids, Tensor) else 0, device=device)
