@@ -43,10 +43,12 @@ def test_every_preset_loads_and_validates():
     names = preset_names()
     assert {"bert-tiny", "bert-mini", "bert-small", "bert-base", "roberta-base", "albert-base", "gpt-tiny",
             "gpt2-small", "seq2seq-small"} <= set(names)
+    from plmkit.recipes.pretrain import load_config
+
     for name in names:
-        data = load_yaml(name)
-        cfg = from_dict(ModelConfig, data["model"], "model")
-        assert cfg.hidden_size % cfg.num_heads == 0
+        cfg = load_config(name)  # model, train and data sections, all validated
+        assert cfg.model == from_dict(ModelConfig, load_yaml(name)["model"], "model")
+        assert cfg.train.max_steps > 0 and cfg.data.max_length <= cfg.model.max_positions
 
 
 def test_gpt2_small_preset_has_124m_parameters():
