@@ -1,0 +1,176 @@
+"""`plmkit demo`: the whole workflow on the bundled samples in a few CPU minutes.
+
+1. trains a WordPiece and a byte-level BPE tokenizer,
+2. tokenizes the corpora into shards,
+3. pretrains a small BERT (MLM + NSP) and a small GPT (next-token prediction),
+4. fine-tunes the BERT for sentiment (SST-2 sample), next to the same model from scratch,
+5. generates text with the GPT and fills masks with the BERT,
+and prints a summary with the loss-curve PNGs. Every step is one public plmkit call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from plmkit.data.shards import ShardSet, prepare
+from plmkit.data.tokenizer import Tokenizer
+from plmkit.recipes.pretrain import load_config, pretrain
+
+BUNDLED = Path(__file__).resolve().parents[3] / "data" / "demo"
+
+
+def _banner(text: str) -> None:
+    print(f"\n== {text} ==", flush=True)
+
+
+def _lines(path: Path, column: int | None = None) -> list[str]:
+    rows = path.read_text(encoding="utf-8").split("\n")
+    if column is None:
+        return [r for r in rows if r.strip()]
+    return [r.split("\t")[column] for r in rows[1:] if r.strip()]
+
+
+def train_tokenizers(data: Path, out: Path) -> tuple[Path, Path]:
+    _banner("1. tokenizers")
+    english = _lines(data / "wikitext2-valid.txt") + _lines(data / "tinyshakespeare.txt")
+    english += _lines(data / "sst2-train.tsv", column=0)
+    wordpiece = Tokenizer.train(english, kind="wordpiece", vocab_size=8000, lowercase=True)
+    wordpiece.save(out / "tok-wordpiece")
+    bpe = Tokenizer.train(_lines(data / "tinyshakespeare.txt"), kind="bpe", vocab_size=2000)
+    bpe.save(out / "tok-bpe")
+    sample = "A gripping, funny film."
+    print(f"WordPiece ({wordpiece.vocab_size} tokens): {wordpiece.encode(sample).tokens}")
+    print(f"byte-level BPE ({bpe.vocab_size} tokens): {bpe.encode(sample).tokens}")
+    return out / "tok-wordpiece", out / "tok-bpe"
+
+
+def pretrain_models(data: Path, out: Path, wordpiece: Path, bpe: Path, scale: float) -> dict:
+    _banner("2. token shards")
+    bert_shards = prepare([data / "wikitext2-valid.txt", data / "tinyshakespeare.txt"], wordpiece,
+                          out / "shards-bert", holdout=0.02)
+    gpt_shards = prepare([data / "tinyshakespeare.txt"], bpe, out / "shards-gpt", holdout=0.02)
+
+    _banner("3a. pretraining a small BERT (masked LM + next-sentence prediction)")
+    bert_steps = max(20, int(300 * scale))
+    bert_cfg = load_config("bert-mini", [f"data.path={bert_shards}", "data.max_length=64",
+                                         f"train.max_steps={bert_steps}", f"train.warmup_steps={bert_steps // 10}",
+                                         f"train.eval_every={max(bert_steps // 4, 1)}", "train.save_every=0",
+                                         "data.eval_examples=256", "model.dropout=0.0",
+                                         "model.attention_dropout=0.0"])
+    bert = pretrain(bert_cfg, out / "bert")
+    _report(bert)
+
+    _banner("3b. pretraining a small GPT (next-token prediction)")
+    gpt_steps = max(20, int(400 * scale))
+    gpt_cfg = load_config("gpt-tiny", [f"data.path={gpt_shards}", "data.max_length=128", "model.num_layers=4",
+                                       "model.hidden_size=256", "model.num_heads=4", "model.intermediate_size=1024",
+                                       f"train.max_steps={gpt_steps}", f"train.warmup_steps={gpt_steps // 10}",
+                                       f"train.eval_every={max(gpt_steps // 4, 1)}", "train.save_every=0",
+                                       "data.eval_examples=128", "model.dropout=0.0", "model.attention_dropout=0.0"])
+    gpt = pretrain(gpt_cfg, out / "gpt")
+    _report(gpt)
+    return {"bert": bert, "gpt": gpt, "unigram": _unigram_loss(bert_shards)}
+
+
+def _report(result) -> None:
+    last = result.eval_history[-1]
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "step")
+    print(f"{result.step} steps in {result.elapsed_s / 60:.1f} min, {result.tokens_seen:,} tokens; held-out: {scores}")
+
+
+def _unigram_loss(shards_dir: Path) -> float:
+    """Cross-entropy of held-out tokens under the training unigram distribution: the plateau MLM must beat."""
+    train, held = ShardSet.open(shards_dir, "train"), ShardSet.open(shards_dir, "eval")
+    specials = train.specials.present()
+    counts = torch.bincount(torch.from_numpy(train.tokens.astype("int64")), minlength=train.vocab_size).double()
+    counts[specials] = 0
+    probs = (counts + 1) / (counts.sum() + train.vocab_size)
+    ids = torch.from_numpy(held.tokens.astype("int64"))
+    ids = ids[~torch.isin(ids, torch.tensor(specials))]
+    return float(-probs[ids].log().mean())
+
+
+def finetune_sentiment(data: Path, out: Path, bert_dir: Path, wordpiece: Path, scale: float) -> dict[str, float]:
+    from plmkit.recipes.finetune import finetune
+
+    _banner("4. fine-tuning for sentiment (SST-2 sample): pretrained vs from scratch")
+    steps = max(20, int(250 * scale))
+    common = dict(train_file=str(data / "sst2-train.tsv"), dev_file=str(data / "sst2-dev.tsv"), max_length=64,
+                  tokenizer=str(wordpiece),
+                  train={"lr": 1e-4, "max_steps": steps, "warmup_steps": steps // 10, "batch_size": 32,
+                         "eval_every": max(steps // 2, 1), "save_every": 0, "precision": "bf16"})
+    accuracy = {}
+    for name, from_scratch in (("pretrained", False), ("from scratch", True)):
+        print(f"-- {name}", flush=True)
+        result = finetune("classification", model=str(bert_dir), out=str(out / f"sst2-{name.replace(' ', '-')}"),
+                          from_scratch=from_scratch, model_overrides={"dropout": 0.1}, **common)
+        accuracy[name] = result.dev_metrics.get("accuracy", float("nan"))
+        print(f"dev accuracy ({name}): {accuracy[name]:.3f}")
+    return accuracy
+
+
+def show_generation(gpt_dir: Path, bert_dir: Path) -> None:
+    import plmkit
+
+    _banner("5. generation")
+    generator = plmkit.pipeline("text-generation", str(gpt_dir))
+    for prompt in ("ROMEO:", "First Citizen:\nWe"):
+        result = generator(prompt, max_new_tokens=60, top_p=0.9, temperature=0.8, seed=0)
+        print(f"--- prompt {prompt!r}\n{result['generated_text']}")
+    fill = plmkit.pipeline("fill-mask", str(bert_dir))
+    for text in ("the king of [MASK] .", "the film was [MASK] ."):
+        candidates = fill(text)["masks"][0]["candidates"]
+        print(f"fill-mask {text!r}: " + ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in candidates))
+
+
+def run_demo(out: Path, data: Path = BUNDLED, scale: float = 1.0) -> dict:
+    """Run every step; `scale` multiplies the step counts (0.1 for a smoke run)."""
+    started = time.perf_counter()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    wordpiece, bpe = train_tokenizers(data, out)
+    runs = pretrain_models(data, out, wordpiece, bpe, scale)
+    accuracy = finetune_sentiment(data, out, runs["bert"].final_dir, wordpiece, scale)
+    show_generation(runs["gpt"].final_dir, runs["bert"].final_dir)
+    bert_eval, gpt_eval = runs["bert"].eval_history[-1], runs["gpt"].eval_history[-1]
+    summary = {
+        "bert_heldout_mlm_loss": bert_eval["eval_loss"], "unigram_baseline_loss": runs["unigram"],
+        "bert_mlm_accuracy": bert_eval.get("mlm_accuracy"), "bert_nsp_accuracy": bert_eval.get("nsp_accuracy"),
+        "gpt_heldout_perplexity": math.exp(gpt_eval["eval_loss"]),
+        "sst2_dev_accuracy_pretrained": accuracy["pretrained"],
+        "sst2_dev_accuracy_from_scratch": accuracy["from scratch"],
+        "minutes": (time.perf_counter() - started) / 60,
+        "loss_curves": [str(runs["bert"].out_dir / "loss.png"), str(runs["gpt"].out_dir / "loss.png")],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    _banner("summary")
+    print(f"BERT held-out MLM loss  {summary['bert_heldout_mlm_loss']:.3f}  "
+          f"(unigram baseline {summary['unigram_baseline_loss']:.3f})")
+    print(f"GPT held-out perplexity {summary['gpt_heldout_perplexity']:.1f}")
+    print(f"SST-2 dev accuracy      pretrained {accuracy['pretrained']:.3f}  vs  from scratch "
+          f"{accuracy['from scratch']:.3f}")
+    print(f"loss curves: {', '.join(summary['loss_curves'])}")
+    print(f"total {summary['minutes']:.1f} min; everything is in {out}/")
+    return summary
+
+
+def cli_configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", default="runs/demo", help="output folder (replaced on each run)")
+    parser.add_argument("--data", default=str(BUNDLED), help="folder with the bundled samples")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (0.1 = smoke run)")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    if not (data / "tinyshakespeare.txt").is_file():
+        raise FileNotFoundError(f"{data}: bundled demo data not found (run from the plmkit repository)")
+    run_demo(Path(args.output), data, args.scale)
+    return 0

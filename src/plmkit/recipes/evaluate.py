@@ -1,0 +1,95 @@
+"""`plmkit eval RUN_DIR --data FILE`: score a fine-tuned model on a labelled file.
+
+The task and its data settings (columns, max_length, language, ...) come from the run's
+finetune.json; the model is RUN_DIR/best if present, else RUN_DIR/final, else RUN_DIR itself
+(any checkpoint directory with a task head: the task is then inferred from the head, or
+given with --task). ``--set key=value`` changes a setting (e.g. a column name) for this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plmkit.config import apply_overrides
+from plmkit.data.tokenizer import Tokenizer
+from plmkit.models import PretrainedModel, load
+from plmkit.recipes.finetune import RECIPES, recipe
+from plmkit.recipes.tasks_base import (
+    BEST_DIR, EvalReport, FinetuneConfig, Recipe, parse_config, read_recipe, write_report,
+)
+
+
+def model_dir_of(run_dir: str | Path) -> Path:
+    """RUN_DIR/best, else RUN_DIR/final, else RUN_DIR (a model directory itself)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"no such run or model directory: {run}")
+    for candidate in (run / BEST_DIR, run / "final", run):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{run}: no model found (expected best/, final/ or config.json)")
+
+
+def task_of(model: PretrainedModel, record: dict[str, Any] | None, task: str | None) -> Recipe:
+    """The recipe named by `task`, else by the run's finetune.json, else by the model's head."""
+    if task is not None:
+        return recipe(task)
+    if record is not None:
+        return recipe(record["task"])
+    for candidate in RECIPES.values():
+        if model.task in candidate.heads:
+            return candidate
+    raise ValueError(f"cannot tell the task of a model with a {model.task} head; pass --task "
+                     f"({', '.join(RECIPES)})")
+
+
+def load_run(run_dir: str | Path, *, task: str | None = None, overrides: Sequence[str] = (),
+             device: str | None = None) -> tuple[Recipe, FinetuneConfig, PretrainedModel, Tokenizer]:
+    """(recipe, config, model, tokenizer) of a run or model directory, the model on `device`
+    (default: cuda when available)."""
+    folder = model_dir_of(run_dir)
+    record = read_recipe(folder, required=False)
+    model = load(folder)
+    chosen = task_of(model, record, task)
+    data = dict(record["config"]) if record and record.get("task") == chosen.name else {}
+    data.update(model=str(folder), train_file=data.get("train_file", ""), out=data.get("out", str(run_dir)))
+    if chosen.name == "translation":
+        data.setdefault("kind", "translation")
+    cfg = parse_config(chosen.config, apply_overrides(data, list(overrides)))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return chosen, cfg, model.to(device).eval(), Tokenizer.load(folder)
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, *, task: str | None = None, overrides: Sequence[str] = (),
+                 device: str | None = None) -> EvalReport:
+    """Score the run's model on a labelled file of its task; metrics in ``report.metrics``."""
+    chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device)
+    report = chosen.evaluate(model, tokenizer, cfg, chosen.read(cfg, str(data), True))
+    if not report.metrics:
+        raise ValueError(f"{data}: no references to score against")
+    return report
+
+
+def cli_configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="fine-tuning run directory (or a model directory)")
+    parser.add_argument("--data", required=True, help="labelled file in the task's format")
+    parser.add_argument("--task", choices=list(RECIPES), help="task, when the directory has no finetune.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a data setting, e.g. --set text_column=review (repeatable)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("-o", "--out", help="write the report (metrics and details) to this JSON file")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    report = evaluate_run(args.run_dir, args.data, task=args.task, overrides=args.overrides, device=args.device)
+    if args.out:
+        out = Path(args.out)
+        write_report(report, out.parent, out.stem)
+    print(json.dumps(report.metrics, indent=2))
+    return 0

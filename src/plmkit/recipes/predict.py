@@ -1,0 +1,56 @@
+"""`plmkit predict RUN_DIR --data FILE -o preds.jsonl|csv|tsv`: batch inference for every task.
+
+The input file has the task's training format; references (labels, tags, answers, targets)
+may be absent. Each output row holds the input, the prediction (and score where there is
+one) and the reference when the file had it:
+
+=============== ==========================================================
+classification  text, [pair], label, score, [reference]
+ner             words, tags, [reference]
+qa              id, question, answer, [references]
+summarization   source, prediction, [references]   (translation the same)
+lm              where, tokens, loss, perplexity     (one row per document)
+=============== ==========================================================
+
+In CSV/TSV output, list values are written as JSON. QA input is SQuAD-format JSON whose
+questions each have an "answers" list (empty when unknown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from plmkit.recipes.evaluate import load_run
+from plmkit.recipes.finetune import RECIPES
+from plmkit.recipes.tasks_base import EvalReport, write_rows
+
+
+def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, *, task: str | None = None,
+                overrides: Sequence[str] = (), device: str | None = None) -> EvalReport:
+    """Predict every example of `data` with the run's model and write the rows to `out`."""
+    chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device)
+    report = chosen.evaluate(model, tokenizer, cfg, chosen.read(cfg, str(data), False))
+    write_rows(report.rows, out)
+    return report
+
+
+def cli_configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="fine-tuning run directory (or a model directory)")
+    parser.add_argument("--data", required=True, help="input file in the task's format (references optional)")
+    parser.add_argument("-o", "--out", required=True, help="predictions file: .jsonl, .csv or .tsv")
+    parser.add_argument("--task", choices=list(RECIPES), help="task, when the directory has no finetune.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a data setting, e.g. --set text_column=review (repeatable)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    report = predict_run(args.run_dir, args.data, args.out, task=args.task, overrides=args.overrides,
+                         device=args.device)
+    print(f"wrote {len(report.rows)} predictions to {args.out}")
+    if report.metrics:
+        print(json.dumps(report.metrics, indent=2))
+    return 0

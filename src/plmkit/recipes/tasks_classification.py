@@ -1,0 +1,146 @@
+"""Text classification: single texts or pairs from CSV / TSV / JSON Lines, on an encoder
+([CLS] pooler head) or a decoder (last-token head).
+
+Label names are kept in the checkpoint (config.json id2label). Single-label classification
+only; --class-weights weighs the loss by inverse class frequency for imbalanced data. Dev
+metrics: accuracy, macro-F1 (macro precision / recall); the final report adds per-class
+precision / recall / F1 and a confusion-matrix PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from plmkit.config import ConfigError
+from plmkit.data.tasks import (
+    DataFormatError, LabelMap, TextExample, class_weights, encode_classification, read_classification,
+)
+from plmkit.data.tokenizer import Tokenizer
+from plmkit.evaluate import classification_report, confusion_matrix
+from plmkit.models import PretrainedModel, read_config
+from plmkit.recipes.tasks_base import (
+    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,
+    position_limit, run_batches, run_finetune, subsample,
+)
+
+HEAD = "sequence-classification"
+METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
+
+
+@dataclass
+class ClassificationConfig(FinetuneConfig):
+    """Text classification (see the module docstring)."""
+
+    text_column: str | int | list[str | int] = "sentence"
+    """Column (header name, JSON key or 0-based index) of the text; several are joined with a space."""
+    pair_column: str | int | None = None
+    """Column of the second text, for pair tasks (NLI, paraphrase)."""
+    label_column: str | int = "label"
+    """Column of the label name."""
+    format: Literal["csv", "tsv", "jsonl"] | None = None
+    """File format; None = from the file suffix."""
+    header: bool = True
+    """CSV/TSV files start with a header row."""
+    column_names: list[str] | None = None
+    """Names for the columns of a CSV/TSV file without a header."""
+    labels: list[str] | None = None
+    """Label names in class-id order; None = the sorted labels of the training data."""
+    max_length: int = 128
+    """Tokens per example, special tokens included (longest text cut first for pairs)."""
+    class_weights: bool = False
+    """Weigh the loss by inverse class frequency (n / (k * count_c)) of the training labels."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_length < 2:
+            raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
+
+
+def read_examples(cfg: ClassificationConfig, path: str | Path, labeled: bool = True) -> list[TextExample]:
+    """Examples of a classification file; with labeled=False a file without the label column
+    is read too (its examples have label "")."""
+    options: dict[str, Any] = dict(text_column=cfg.text_column, pair_column=cfg.pair_column, fmt=cfg.format,
+                                   header=cfg.header, column_names=cfg.column_names)
+    try:
+        examples = read_classification(path, label_column=cfg.label_column, **options)
+    except DataFormatError:
+        if labeled:
+            raise
+        examples = read_classification(path, label_column=None, **options)
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+def label_map_for(cfg: ClassificationConfig, examples: list[TextExample]) -> LabelMap:
+    """cfg.labels, else the sorted labels of `examples` (training + dev); a checkpoint that
+    already classifies the same label set keeps its class ids."""
+    labels = LabelMap(tuple(cfg.labels)) if cfg.labels else LabelMap.from_labels(e.label for e in examples)
+    for example in examples:
+        labels.encode(example.label, example.where)
+    if Path(cfg.model).is_dir() and not cfg.from_scratch:
+        saved, task = read_config(cfg.model)
+        if task == HEAD and saved.id2label and set(saved.id2label.values()) == set(labels.id2label):
+            return LabelMap.from_config(saved.id2label)
+    return labels
+
+
+def evaluate_classification(model: PretrainedModel, tokenizer: Tokenizer, cfg: ClassificationConfig,
+                            examples: list[TextExample]) -> EvalReport:
+    """Predicted label and probability per example; accuracy, macro P/R/F1, per-class scores and
+    the confusion matrix when every example has a label."""
+    names = label_names(model)
+    features = encode_classification(examples, tokenizer, None, max_length=min(cfg.max_length, position_limit(model)))
+    probs = run_batches(model, features, cfg.eval_batch_size, pad_id_of(tokenizer, model),
+                        lambda out, batch: list(out.logits.float().softmax(dim=-1).cpu().numpy()))
+    predicted = [int(p.argmax()) for p in probs]
+    rows = [{"text": e.text, **({"pair": e.pair} if e.pair is not None else {}), "label": names[k],
+             "score": float(p[k])} for e, k, p in zip(examples, predicted, probs)]
+    if not all(e.label for e in examples):
+        return EvalReport({}, rows, label_names=names)
+    label_map = LabelMap(tuple(names))
+    gold = [label_map.encode(e.label, e.where) for e in examples]
+    for row, g in zip(rows, gold):
+        row["reference"] = names[g]
+    report = classification_report(predicted, gold, names)
+    metrics = {name: report[name] for name in METRICS}
+    details = {"per_class": report["per_class"], "labels": names,
+               "confusion_matrix": confusion_matrix(predicted, gold, len(names)).tolist()}
+    return EvalReport(metrics, rows, details, names)
+
+
+def label_names(model: PretrainedModel) -> list[str]:
+    """Class names of a classification model (from config.id2label)."""
+    id2label = model.config.id2label or {}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(model.config.num_labels)]
+
+
+def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = None, **fields: Any) -> FinetuneResult:
+    """Fine-tune a sequence classifier; fields as in `ClassificationConfig`.
+
+        finetune_classification(model="runs/bert", train_file="sst2/train.tsv",
+                                dev_file="sst2/dev.tsv", out="runs/sst2", train={"lr": 3e-5})
+    """
+    cfg = parse_config(ClassificationConfig, cfg, **fields)
+    tokenizer = load_tokenizer(cfg)
+    train_examples = subsample(read_examples(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
+                               cfg.train.seed)
+    dev = subsample(read_examples(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
+    labels = label_map_for(cfg, train_examples + dev)
+    model = load_model(cfg, HEAD, tokenizer, id2label=dict(enumerate(labels.id2label)),
+                       problem_type="single_label")
+    features = encode_classification(train_examples, tokenizer, labels,
+                                     max_length=min(cfg.max_length, position_limit(model)))
+    if cfg.class_weights:
+        model.class_weights = class_weights([f["labels"] for f in features], len(labels))
+
+    def evaluator(m: PretrainedModel) -> EvalReport:
+        return evaluate_classification(m, tokenizer, cfg, dev)
+
+    return run_finetune("classification", cfg, model, tokenizer, features, evaluator if dev else None, METRICS)
+
+
+RECIPE = Recipe("classification", ClassificationConfig, finetune_classification, read_examples,
+                evaluate_classification, (HEAD,))

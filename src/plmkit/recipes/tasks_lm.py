@@ -1,0 +1,138 @@
+"""Continued causal-LM training of a GPT-style decoder on domain text, with perplexity before
+and after.
+
+Text files are read with `plmkit.data.io.Corpus` (.txt: a blank line ends a document; .jsonl
+/ .json: `text_field`; .csv / .tsv: `text_field` names the column; gzip too). Documents are
+tokenized, joined with EOS between them and cut into blocks of `block_size` tokens (the
+last, shorter block is kept). Dev metrics: mean token loss and perplexity = exp(loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from plmkit.config import ConfigError
+from plmkit.data.io import Corpus
+from plmkit.data.tokenizer import Tokenizer
+from plmkit.evaluate import perplexity
+from plmkit.models import PretrainedModel
+from plmkit.recipes.tasks_base import (
+    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,
+    position_limit, run_batches, run_finetune, special_ids, subsample, write_json,
+)
+
+HEAD = "causal-lm"
+METRICS = ("perplexity", "loss")
+
+
+@dataclass
+class LMConfig(FinetuneConfig):
+    """Causal language modelling (see the module docstring)."""
+
+    block_size: int = 256
+    """Tokens per training row (capped by the model's positions)."""
+    text_field: str = "text"
+    """JSON field / CSV-TSV header of the text."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_size < 2:
+            raise ConfigError(f"block_size must be at least 2, got {self.block_size}")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a corpus."""
+
+    text: str
+    where: str
+
+
+def read_documents(cfg: LMConfig, path: str | Path, labeled: bool = True) -> list[Document]:
+    """The documents of a text corpus (a file, folder or glob)."""
+    corpus = Corpus(path, field=cfg.text_field)
+    return [Document("\n".join(doc), f"{path}#{i}") for i, doc in enumerate(corpus)]
+
+
+def document_ids(documents: list[Document], tokenizer: Tokenizer, eos_id: int | None) -> list[list[int]]:
+    """Each document's tokens (no special tokens), followed by EOS."""
+    encodings = tokenizer.encode_batch([d.text for d in documents], add_special_tokens=False, truncation=False)
+    return [enc.ids + ([eos_id] if eos_id is not None else []) for enc in encodings]
+
+
+def token_blocks(ids: list[int], block_size: int) -> list[dict[str, Any]]:
+    """Features ``input_ids, attention_mask, labels`` of consecutive block_size-token blocks of `ids`."""
+    blocks = [ids[i: i + block_size] for i in range(0, len(ids), block_size)]
+    return [{"input_ids": b, "attention_mask": [1] * len(b), "labels": b} for b in blocks if len(b) > 1]
+
+
+def evaluate_lm(model: PretrainedModel, tokenizer: Tokenizer, cfg: LMConfig, documents: list[Document]) -> EvalReport:
+    """Loss and perplexity over all documents (each cut into its own blocks); one row per
+    document with its number of predicted tokens, loss and perplexity."""
+    block = min(cfg.block_size, position_limit(model))
+    owners, features = [], []
+    for i, ids in enumerate(document_ids(documents, tokenizer, _eos(model, tokenizer))):
+        blocks = token_blocks(ids, block)
+        owners += [i] * len(blocks)
+        features += blocks
+    sums = run_batches(model, features, cfg.eval_batch_size, pad_id_of(tokenizer, model), _row_loss_sums)
+    totals = [[0.0, 0] for _ in documents]
+    for owner, (loss_sum, count) in zip(owners, sums):
+        totals[owner][0] += loss_sum
+        totals[owner][1] += count
+    rows = [{"where": d.where, "tokens": n, "loss": s / n if n else math.nan,
+             "perplexity": perplexity(s / n) if n else math.nan} for d, (s, n) in zip(documents, totals)]
+    count = sum(n for _, n in totals)
+    loss = sum(s for s, _ in totals) / count if count else math.nan
+    return EvalReport({"loss": loss, "perplexity": perplexity(loss)}, rows)
+
+
+def _row_loss_sums(out: Any, batch: dict[str, torch.Tensor]) -> list[tuple[float, int]]:
+    """(summed next-token loss, predicted tokens) of each row; logits (B, T, V), labels (B, T)."""
+    logits, labels = out.logits[:, :-1].float(), batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, T-1)
+    counts = (labels != -100).sum(dim=1)
+    return list(zip(losses.sum(dim=1).tolist(), counts.tolist()))
+
+
+def _eos(model: PretrainedModel, tokenizer: Tokenizer) -> int | None:
+    eos = model.config.eos_token_id
+    return eos if eos is not None else special_ids(tokenizer)["eos_token_id"]
+
+
+def finetune_lm(cfg: LMConfig | dict[str, Any] | None = None, **fields: Any) -> FinetuneResult:
+    """Continue training a decoder on text; fields as in `LMConfig`. The result's ``extra``
+    holds the dev perplexity before and after (also in out/perplexity.json).
+
+        finetune_lm(model="runs/gpt", train_file="domain/train.txt", dev_file="domain/dev.txt", out="runs/gpt-dom")
+    """
+    cfg = parse_config(LMConfig, cfg, **fields)
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, HEAD, tokenizer)
+    if model.config.arch != "decoder":
+        raise ValueError(f"--model {cfg.model} is an {model.config.arch}; lm fine-tuning needs a decoder (GPT)")
+    block = min(cfg.block_size, position_limit(model))
+    documents = subsample(read_documents(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
+                          cfg.train.seed)
+    features = token_blocks([t for ids in document_ids(documents, tokenizer, _eos(model, tokenizer)) for t in ids],
+                            block)
+    dev = subsample(read_documents(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
+
+    def evaluator(m: PretrainedModel) -> EvalReport:
+        return evaluate_lm(m, tokenizer, cfg, dev)
+
+    before = evaluator(model).metrics if dev else {}
+    result = run_finetune("lm", cfg, model, tokenizer, features, evaluator if dev else None, METRICS)
+    if dev:
+        result.extra = {"before": before, "after": result.dev_metrics}
+        write_json(Path(cfg.out) / "perplexity.json", result.extra)
+    return result
+
+
+RECIPE = Recipe("lm", LMConfig, finetune_lm, read_documents, evaluate_lm, (HEAD,))
