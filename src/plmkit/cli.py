@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curve": ("plmkit.recipes.curve", "learning curves: pretrained vs from scratch"),
     "generate": ("plmkit.infer.generation", "generate text from a decoder or seq2seq model"),
     "serve": ("plmkit.infer.server", "serve a model over HTTP with a small web page"),
+    "explain": ("plmkit.explain", "attention maps and token attributions for a model"),
     "demo": ("plmkit.recipes.demo", "the end-to-end demo on bundled data"),
 }
 
