@@ -92,7 +92,8 @@ def main() -> None:
     steps = max(50, int(args.minutes * 60 * steps_per_s * 0.97))
     print(f"calibration: {steps_per_s:.2f} steps/s -> {steps} steps for {args.minutes} min")
 
-    cfg = load_config(args.config, overrides + [f"train.max_steps={steps}", f"train.eval_every={max(steps // 10, 1)}"])
+    cfg = load_config(args.config, overrides + [f"train.max_steps={steps}", f"train.eval_every={max(steps // 10, 1)}",
+                                                f"train.warmup_steps={max(steps * 6 // 100, 1)}"])
     result = pretrain(cfg, out / "run")
     final = result.eval_history[-1]
     print(json.dumps({"minutes": result.elapsed_s / 60, "steps": result.step, "tokens_seen": result.tokens_seen,
