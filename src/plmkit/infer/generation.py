@@ -42,7 +42,7 @@ class GenerationConfig:
     max_new_tokens: int = 64
     """Most new tokens per prompt (a stop token counts)."""
     min_new_tokens: int = 0
-    """Stop token ids cannot be generated before this many new tokens."""
+    """Stop token ids cannot be generated before this many new tokens (stop strings still apply)."""
     do_sample: bool | None = None
     """True: sample; False: greedy (or beam search). None: sample when temperature > 0 is given or a
     sampling filter (top_k, top_p, min_p) is set, greedy otherwise."""
@@ -69,7 +69,8 @@ class GenerationConfig:
     stop_strings: list[str] = field(default_factory=list)
     """Texts that end a row; its text is cut right before the first one (needs a tokenizer)."""
     seed: int | None = None
-    """Seed of this call's own random generator (sampling); None: a fresh random seed."""
+    """Seed of this call's own random generator (sampling); None: a fresh random seed. The same
+    prompts, batched the same way, with the same seed give the same output."""
     dtype: Literal["fp32", "bf16", "int8"] | None = None
     """Convert the model's weights in place before generating (see `plmkit.infer.quantize`); None: as they are."""
     compile: bool = False

@@ -10,7 +10,8 @@ weight bytes divided by memory bandwidth, and the only large gain is fewer bytes
   bytes), activations in bfloat16, multiplied by `torch._weight_int8pack_mm` (CPU) for the few
   rows of a decode step; a prefill of many rows dequantizes the weight to bf16 instead. The LM
   head is quantized too; the input embedding stays bf16 (a lookup reads one row).
-- ``fp32``: the weights as trained.
+- ``fp32``: the weights as trained, pre-packed by oneDNN on CPU like bf16 (PyTorch's plain fp32
+  `nn.Linear` runs a few rows, e.g. a batch of 8 decode steps, at half the packed speed).
 
 `prepare_for_inference` converts a model in place; the converted model is for inference only
 (its linear layers are no longer `nn.Linear`, so save the original, not the converted one).
@@ -30,11 +31,11 @@ SMALL_M = 16
 class PackedLinear(nn.Module):
     """`nn.Linear` with its weight pre-packed by oneDNN (CPU, bf16 or fp32): x (..., in) -> (..., out)."""
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype, batch_size: int = 1) -> None:
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
         weight = linear.weight.detach().to(dtype)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, batch_size))
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -84,40 +85,43 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 
 
 def weight_format(model: nn.Module) -> str:
-    """"int8", "bf16", "fp16" or "fp32": how the model's weights are stored now."""
-    if any(isinstance(m, Int8Linear) for m in model.modules()):
-        return "int8"
+    """How the model's weights are stored now: the format `prepare_for_inference` gave it, else
+    "bf16" / "fp16" / "fp32" after its floating dtype."""
+    converted = getattr(model, "inference_format", None)
+    if converted is not None:
+        return converted
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(model), "fp32")
 
 
 def prepare_for_inference(model: nn.Module, dtype: str) -> nn.Module:
     """Convert `model` in place to the weight format `dtype` ("fp32", "bf16" or "int8"); returns it.
 
-    Converting to the format the model already has does nothing; a model already converted to
-    another format is rejected (convert the original weights). Raises ValueError on a bad dtype.
+    On CPU every linear layer is replaced (fp32 and bf16: `PackedLinear`; int8: `Int8Linear`);
+    on an accelerator bf16 is a plain cast and fp32 changes nothing. Converting again to the same
+    format does nothing; to another format is an error (convert the original weights).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    current = weight_format(model)
-    if current == dtype:
+    current = getattr(model, "inference_format", None)
+    if current is not None:
+        if current != dtype:
+            raise ValueError(f"the model was converted to {current} weights; load the original weights to "
+                             f"convert to {dtype}")
         return model
-    if current != "fp32" or any(isinstance(m, PackedLinear) for m in model.modules()):
-        raise ValueError(f"the model's weights are already {current}; load the original weights to convert to {dtype}")
-    if dtype == "fp32":
-        return model
+    if compute_dtype(model) != torch.float32:
+        raise ValueError(f"prepare_for_inference converts fp32 weights, got {compute_dtype(model)}")
     device = next(model.parameters()).device
     if dtype == "int8" and device.type != "cpu":
         raise ValueError(f"int8 weights run on CPU only; use bf16 on {device.type}")
-    model.to(torch.bfloat16)
-    if device.type == "cpu":
-        _replace_linears(model, Int8Linear if dtype == "int8" else _packed_bf16)
+    if dtype == "int8":
+        _replace_linears(model, Int8Linear)  # quantized from the fp32 weights
+    if dtype != "fp32":
+        model.to(torch.bfloat16)  # everything else: embeddings, norms, int8 scales and biases
+    if dtype != "int8" and device.type == "cpu" and torch.backends.mkldnn.is_available():
+        compute = compute_dtype(model)
+        _replace_linears(model, lambda linear: PackedLinear(linear, compute))
+    model.inference_format = dtype
     return model
-
-
-def _packed_bf16(linear: nn.Linear) -> nn.Module:
-    if not torch.backends.mkldnn.is_available():
-        return linear
-    return PackedLinear(linear, torch.bfloat16)
 
 
 def _replace_linears(model: nn.Module, make) -> None:
@@ -126,4 +130,3 @@ def _replace_linears(model: nn.Module, make) -> None:
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, make(child))
-

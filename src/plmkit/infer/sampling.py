@@ -115,13 +115,25 @@ def _nucleus_by_rejection(probs: Tensor, generator: torch.Generator, top_p: floa
     p = probs.gather(1, drawn)  # (B, S)
     member = p > 0
     if top_p is not None and top_p < 1.0:
-        above = torch.stack([torch.where(probs > p[:, s, None], probs, 0.0).sum(dim=-1)
-                             for s in range(REJECTION_DRAWS)], dim=1)  # (B, S) mass of likelier tokens
-        member &= above < top_p
+        member &= _mass_above(probs, p) < top_p
     if min_p:
         member &= p >= min_p * probs.amax(dim=-1, keepdim=True)
     first = member.to(torch.int8).argmax(dim=-1)  # (B,) index of the first member draw
     return drawn.gather(1, first[:, None])[:, 0], member.any(dim=-1)
+
+
+def _mass_above(probs: Tensor, p: Tensor) -> Tensor:
+    """For each of S probability values p (B, S): the total probability of tokens more likely than it.
+
+    One pass over the vocabulary: each token is bucketed by how many of the (sorted) values it
+    exceeds, bucket masses are summed, and suffix sums give the mass above each value.
+    """
+    ps, order = p.sort(dim=-1)  # (B, S) ascending
+    beats = torch.searchsorted(ps, probs)  # (B, V): how many values each token is strictly above
+    mass = torch.zeros(p.size(0), p.size(1) + 1, dtype=probs.dtype, device=probs.device)
+    mass.scatter_add_(1, beats, probs)  # mass[:, b]: tokens above exactly the b smallest values
+    above_sorted = mass.flip(-1).cumsum(dim=-1).flip(-1)[:, 1:]  # (B, S): tokens above value j
+    return above_sorted.gather(1, order.argsort(dim=-1))
 
 
 def _nucleus_by_sorting(probs: Tensor, generator: torch.Generator, top_p: float | None,

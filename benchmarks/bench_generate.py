@@ -1,0 +1,163 @@
+"""Generation throughput, plmkit vs transformers: same GPT-2 weights, same prompts, interleaved.
+
+GPT-2 small (124M) with random weights, saved once by `transformers` and loaded by plmkit.
+Prompts of 16 random tokens, exactly 128 new tokens per row (no stop token), batch 1 and 8;
+greedy and top-p 0.9 sampling (with top-k 50, transformers' default, on both sides; `--pure-top-p`
+adds top-p without top-k). transformers runs `generate` with fp32 weights (its fastest CPU mode,
+see BENCHMARKS.md); plmkit runs `generate` with fp32, bf16 and int8 weights. Every timed call is
+one whole generate (prefill + 128 steps); figure = new tokens / second, median over rounds, all
+implementations interleaved in one process (order flipped every round).
+
+    python benchmarks/bench_generate.py                       # batch 1 and 8, greedy and top-p
+    python benchmarks/bench_generate.py --batch 1 --modes greedy --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import plmkit  # noqa: E402
+from plmkit.infer.generation import generate  # noqa: E402
+from plmkit.infer.quantize import prepare_for_inference  # noqa: E402
+
+PROMPT, NEW = 16, 128
+MODES = {"greedy": {}, "top-p": {"top_p": 0.9, "top_k": 50}, "pure-top-p": {"top_p": 0.9, "top_k": 0}}
+WEIGHTS = ("fp32", "bf16", "int8")
+
+
+def build(weights: list[str]):
+    """The transformers model and one plmkit model per weight format, all from the same random weights."""
+    import transformers
+
+    cfg = common.plmkit_config("gpt2")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(common.hf_config(cfg, "causal-lm")).eval()
+    hf.generation_config.eos_token_id = None  # exactly NEW tokens per row
+    hf.generation_config.pad_token_id = cfg.pad_token_id
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        base = plmkit.load(folder).eval()
+    ours = {w: prepare_for_inference(copy.deepcopy(base), w) for w in weights}
+    return cfg, hf, ours
+
+
+def hf_step(model, prompts: torch.Tensor, options: dict) -> common.Step:
+    sample = bool(options)
+    kwargs = dict(do_sample=sample, top_p=options.get("top_p"), top_k=options.get("top_k")) if sample else \
+        dict(do_sample=False)
+
+    def step(i: int) -> float:
+        with torch.inference_mode():
+            out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=NEW,
+                                 min_new_tokens=None, **kwargs)
+        new = out.size(1) - prompts.size(1)
+        assert new == NEW, new
+        return prompts.size(0) * new
+
+    return step
+
+
+def plmkit_step(model, prompts: torch.Tensor, options: dict) -> common.Step:
+    def step(i: int) -> float:
+        out = generate(model, prompts, max_new_tokens=NEW, stop_token_ids=[], seed=i, **options)
+        assert all(len(t) == NEW for t in out.tokens)
+        return sum(len(t) for t in out.tokens)
+
+    return step
+
+
+def same_greedy_tokens(hf, ours, prompts: torch.Tensor) -> bool:
+    """Whether plmkit fp32 and transformers produce the same greedy tokens (first 32)."""
+    with torch.inference_mode():
+        theirs = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=32, do_sample=False)
+    mine = generate(ours, prompts, max_new_tokens=32, stop_token_ids=[]).tokens
+    return theirs[:, prompts.size(1):].tolist() == mine
+
+
+def run(hf, ours: dict, batch: int, mode: str, args: argparse.Namespace) -> dict:
+    torch.manual_seed(batch)
+    prompts = torch.randint(0, 50000, (batch, PROMPT))
+    options = MODES[mode]
+    steps = {"transformers fp32": hf_step(hf, prompts, options)}
+    steps.update({f"plmkit {w}": plmkit_step(m, prompts, options) for w, m in ours.items()})
+    t = common.interleave(steps, args.warmup, args.rounds, 1)
+    rates = {name: timing.median_rate for name, timing in t.items()}
+    return {"batch": batch, "mode": mode, "rates": rates,
+            "spread": {name: common.ratio_spread(t["transformers fp32"], timing) for name, timing in t.items()}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--modes", default="greedy,top-p", help=f"comma-separated, from {', '.join(MODES)}")
+    p.add_argument("--pure-top-p", action="store_true", help="also top-p 0.9 without top-k")
+    p.add_argument("--weights", default=",".join(WEIGHTS), help="plmkit weight formats (default fp32,bf16,int8)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    args.batch = [int(b) for b in args.batch.split(",")]
+    args.modes = [m for m in args.modes.split(",") if m] + (["pure-top-p"] if args.pure_top_p else [])
+    args.weights = [w for w in args.weights.split(",") if w]
+    for label, values, valid in (("--modes", args.modes, MODES), ("--weights", args.weights, WEIGHTS)):
+        bad = [v for v in values if v not in valid]
+        if bad:
+            p.error(f"{label}: unknown {', '.join(bad)}; choose from {', '.join(valid)}")
+    if args.rounds < 2:
+        p.error("at least 2 interleaved rounds are needed")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    common.setup()
+    print(f"# generation, GPT-2 small. {common.environment()}", flush=True)
+    cfg, hf, ours = build(args.weights)
+    check = torch.randint(0, 50000, (2, PROMPT))
+    print(f"greedy tokens identical (plmkit fp32 vs transformers, 2x32): {same_greedy_tokens(hf, ours['fp32'], check)}"
+          if "fp32" in ours else "", flush=True)
+    results = []
+    for batch in args.batch:
+        for mode in args.modes:
+            r = run(hf, ours, batch, mode, args)
+            results.append(r)
+            print(f"  batch {batch} {mode}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["rates"].items()), flush=True)
+    print()
+    print(table(results, args.weights))
+    print(f"\n{common.describe(cfg)}; prompt {PROMPT} random tokens -> {NEW} new tokens per row, no stop token. "
+          f"Figures: new tokens/s, median of {args.rounds} interleaved rounds after {args.warmup} warm-up, one "
+          f"whole generate call per round and implementation. top-p = top_p 0.9 + top_k 50 on both sides "
+          f"(transformers' default top_k); pure-top-p = top_k 0. transformers: GPT2LMHeadModel.generate, fp32, "
+          f"attn={hf.config._attn_implementation}. plmkit: plmkit.infer.generation.generate with weights converted "
+          f"by prepare_for_inference (bf16: oneDNN-packed linears; int8: weight-only, per-channel scales).")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def table(results: list[dict], weights: list[str]) -> str:
+    header = ["batch", "decoding", "HF fp32"] + [f"plmkit {w}" for w in weights] + ["fp32/fp32", "best/HF", "best"]
+    rows = []
+    for r in results:
+        hf = r["rates"]["transformers fp32"]
+        ours = {w: r["rates"][f"plmkit {w}"] for w in weights}
+        best = max(ours, key=ours.get)
+        lo, hi = r["spread"][f"plmkit {best}"]
+        same = f"x{ours['fp32'] / hf:.2f}" if "fp32" in ours else "-"
+        rows.append([r["batch"], r["mode"], hf] + [ours[w] for w in weights] +
+                    [same, f"x{ours[best] / hf:.2f} ({lo:.2f}-{hi:.2f})", best])
+    return common.format_table(header, rows)
+
+
+if __name__ == "__main__":
+    main()
