@@ -159,8 +159,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list
     return step
 
 
-def run_workload(pair: dict, w: Workload, precision: str, args: argparse.Namespace,
-                 peaks: common.PeakMeter) -> dict:
+def run_workload(pair: dict, w: Workload, precision: str, args: argparse.Namespace) -> dict:
     tokens = [b.tokens for b in w.batches]
     steps = {
         "transformers": train_step(*pair["transformers"], [b.hf for b in w.batches], precision, tokens),
@@ -222,14 +221,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None, peaks: common.PeakMeter | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     common.setup()
     print(f"# train step: forward + backward + AdamW. {common.environment()}", flush=True)
-    own_peaks = peaks is None
-    peaks = peaks or common.PeakMeter()
-    if own_peaks:
-        peaks.measure(args.precision)
+    peaks = common.PeakMeter()
+    peaks.measure(args.precision)
     results, configs = [], []
     for model in args.models:
         cfg, pair = build_pair(model)
@@ -237,14 +234,13 @@ def main(argv: list[str] | None = None, peaks: common.PeakMeter | None = None) -
             w = make_workload(cfg, model, shape == "real")
             configs += config_lines(cfg, w, pair)
             for precision in args.precision:
-                r = run_workload(pair, w, precision, args, peaks)
+                r = run_workload(pair, w, precision, args)
                 results.append(r)
                 print(f"  {r['workload']} {precision}: transformers {r['hf']:,.0f} tok/s, plmkit "
                       f"{r['ours']:,.0f} tok/s, x{r['ratio']:.2f}", flush=True)
         del pair
         common.free_memory()
-    if own_peaks:
-        peaks.measure(args.precision)
+    peaks.measure(args.precision)
     for r in results:
         r["peak_gflops"] = peaks.peak(r["precision"])
         r["mfu_hf"] = common.mfu(r["hf"] * r["flops_per_token"], r["peak_gflops"])
