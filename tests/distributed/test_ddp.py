@@ -25,15 +25,6 @@ from plmkit.train.metrics_log import read_metrics
 GLOBAL_MICRO_BATCH = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, busy machine thread hand-offs dominate tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def example(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Example i: random ids; a varying number of ignored label positions."""
     ids = torch.randint(3, 64, (10,), generator=torch.Generator().manual_seed(i))

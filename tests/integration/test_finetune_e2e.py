@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from plmkit.cli import main
 from plmkit.config import model_config
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.slow
 TINY = {"hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "num_layers": 2, "max_positions": 160,
         "dropout": 0.0, "attention_dropout": 0.0}
 QUIET = {"save_every": 0, "progress": False, "log_every": 10}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tokenizer(texts: list[str], folder: Path, size: int = 3000, lowercase: bool = True) -> Path:

@@ -23,15 +23,6 @@ from plmkit.train.metrics_log import read_metrics
 from plmkit.train.optim import build_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, busy machine thread hand-offs dominate tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gpt(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = model_config("gpt-tiny", ["vocab_size=64", "hidden_size=32", "intermediate_size=64", "max_positions=32",

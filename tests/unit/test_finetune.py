@@ -32,15 +32,6 @@ TINY = {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "num_layers"
 QUIET = {"save_every": 0, "progress": False, "log_every": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny matrices on a shared 2-core machine run faster without contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     """Small slices of the real datasets, written once per module."""

@@ -17,15 +17,6 @@ from plmkit.train.optim import build_optimizer, lr_at, split_decay
 VOCAB, SEQ = 64, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, busy machine thread hand-offs dominate tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gpt(dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = model_config("gpt-tiny", [f"vocab_size={VOCAB}", "hidden_size=32", "intermediate_size=64",
