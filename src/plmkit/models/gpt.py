@@ -6,6 +6,7 @@ Shapes: B batch, T length, C hidden, V vocabulary, K classes.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plmkit.config import ModelConfig
@@ -54,7 +55,9 @@ class GPTForCausalLM(GPTModel):
             h = h[:, -1:].contiguous()  # contiguous: a strided slice makes bf16 matmul copy the weight
         out = ModelOutput(logits=self.lm_head(h), hidden_states=h)  # (B, T, V)
         if labels is not None:
-            out.loss, out.n_targets = lm_loss(out.logits[:, :-1], labels[:, 1:])
+            # Shift the labels, not the logits: slicing (B, T, V) logits would copy them (and their gradient).
+            shifted = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): position t predicts token t + 1
+            out.loss, out.n_targets = lm_loss(out.logits, shifted)
         return out
 
 
