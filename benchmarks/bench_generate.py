@@ -4,7 +4,7 @@ GPT-2 small (124M) with random weights, saved once by `transformers` and loaded 
 Prompts of 16 random tokens, exactly 128 new tokens per row (no stop token), batch 1 and 8;
 greedy and top-p 0.9 sampling (with top-k 50, transformers' default, on both sides; `--pure-top-p`
 adds top-p without top-k). transformers runs `generate` with fp32 weights (its fastest CPU mode,
-see BENCHMARKS.md); plmkit runs `generate` with fp32, bf16 and int8 weights. Every timed call is
+see BENCHMARKS.md); plmkit runs `generate` with fp32, bf16, int8 and int4 weights. Every timed call is
 one whole generate (prefill + 128 steps); figure = new tokens / second, median over rounds, all
 implementations interleaved in one process (order flipped every round).
 
@@ -32,7 +32,7 @@ from plmkit.infer.quantize import prepare_for_inference  # noqa: E402
 
 PROMPT, NEW = 16, 128
 MODES = {"greedy": {}, "top-p": {"top_p": 0.9, "top_k": 50}, "pure-top-p": {"top_p": 0.9, "top_k": 0}}
-WEIGHTS = ("fp32", "bf16", "int8")
+WEIGHTS = ("fp32", "bf16", "int8", "int4")
 
 
 def build(weights: list[str]):
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--modes", default="greedy,top-p", help=f"comma-separated, from {', '.join(MODES)}")
     p.add_argument("--pure-top-p", action="store_true", help="also top-p 0.9 without top-k")
-    p.add_argument("--weights", default=",".join(WEIGHTS), help="plmkit weight formats (default fp32,bf16,int8)")
+    p.add_argument("--weights", default=",".join(WEIGHTS), help="plmkit weight formats (default fp32,bf16,int8,int4)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"whole generate call per round and implementation. top-p = top_p 0.9 + top_k 50 on both sides "
           f"(transformers' default top_k); pure-top-p = top_k 0. transformers: GPT2LMHeadModel.generate, fp32, "
           f"attn={hf.config._attn_implementation}. plmkit: plmkit.infer.generation.generate with weights converted "
-          f"by prepare_for_inference (bf16: oneDNN-packed linears; int8: weight-only, per-channel scales).")
+          f"by prepare_for_inference (fp32: transposed weights; bf16: oneDNN-packed; int8: weight-only, "
+          f"per-channel scales; int4: weight-only, groups of 32, LM head int8).")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

@@ -301,11 +301,11 @@ def test_int8_and_bf16_weights_stay_close(models, tmp_path):
     ids = torch.tensor(PROMPTS[2])[None]
     with torch.no_grad():
         want = plmkit.load(tmp_path_of(ref, tmp_path)).eval()(ids).logits
-        for dtype in ("fp32", "bf16", "int8"):
+        for dtype, tolerance in (("fp32", 1e-5), ("bf16", 0.03), ("int8", 0.03), ("int4", 0.3)):
             model = quantize.prepare_for_inference(plmkit.load(tmp_path_of(ref, tmp_path)).eval(), dtype)
             assert quantize.weight_format(model) == dtype
             got = model(ids).logits.float()
-            assert (got - want).abs().max() < (1e-5 if dtype == "fp32" else 0.03) * want.abs().max()
+            assert (got - want).abs().max() < tolerance * want.abs().max()
             assert generate(model, PROMPTS, max_new_tokens=4).tokens  # generation runs in that format
             with pytest.raises(ValueError, match="original weights"):
                 quantize.prepare_for_inference(model, "int8" if dtype != "int8" else "fp32")
@@ -316,6 +316,19 @@ def test_int8_and_bf16_weights_stay_close(models, tmp_path):
         x = torch.randn(rows, 64)
         torch.testing.assert_close(q(x).float(), torch.nn.functional.linear(x, q.dequantized(), lin.bias),
                                    atol=0.02, rtol=0.02)
+
+
+def test_int4_layer_computes_its_group_dequantized_weight():
+    lin = torch.nn.Linear(64, 48)
+    q = quantize.Int4Linear(lin, group_size=32)
+    groups = lin.weight.detach().view(48, 2, 32)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = (high - low) / 15
+    restored = (torch.round((groups - low) / scale) * scale + low).view(48, 64)
+    assert ((restored - lin.weight).abs().view(48, 2, 32) <= scale / 2 + 1e-6).all()
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(q(x).float(), torch.nn.functional.linear(x, restored, lin.bias), atol=0.03, rtol=0.03)
+    assert not quantize.int4_fits(torch.nn.Linear(64, 50)) and not quantize.int4_fits(torch.nn.Linear(48, 64))
 
 
 def tmp_path_of(ref, tmp_path: Path) -> Path:

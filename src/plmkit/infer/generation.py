@@ -71,7 +71,7 @@ class GenerationConfig:
     seed: int | None = None
     """Seed of this call's own random generator (sampling); None: a fresh random seed. The same
     prompts, batched the same way, with the same seed give the same output."""
-    dtype: Literal["fp32", "bf16", "int8"] | None = None
+    dtype: Literal["fp32", "bf16", "int8", "int4"] | None = None
     """Convert the model's weights in place before generating (see `plmkit.infer.quantize`); None: as they are."""
     compile: bool = False
     """Run the one-token decode step through torch.compile (slow first call)."""
@@ -429,7 +429,7 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop strings (cut before them)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weights: fp32, bf16 or int8 (CPU)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weights: fp32, bf16, or int8 / int4 (CPU, fastest at batch 1)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step")
 
 

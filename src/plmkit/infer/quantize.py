@@ -1,17 +1,22 @@
-"""Weight formats for fast decoding: bf16 and int8 weight-only linear layers.
+"""Weight formats for fast decoding: fp32, bf16, and int8 / int4 weight-only linear layers.
 
-Generating one token reads every weight once, so at small batch sizes decoding speed is the
-weight bytes divided by memory bandwidth, and the only large gain is fewer bytes per weight:
+Generating one token reads every weight once, so at small batch sizes decoding speed is set by
+weight bytes over the speed at which a kernel streams them, and the large gains come from fewer
+bytes per weight. (On a 2-core Xeon, PyTorch's int8 and int4 CPU kernels stream ~8-10 GB/s from
+memory, below its ~22 GB/s: int8 is ~1.7x and int4 ~3x fp32 at batch 1, not 4x and 8x.)
 
 - ``bf16``: weights and activations in bfloat16 (half the bytes). On CPU every `nn.Linear` is
-  swapped for `PackedLinear`, whose weight is pre-packed by oneDNN once (PyTorch's plain bf16
-  matrix-vector product on CPU runs far below memory speed).
+  swapped for `PackedLinear`, whose weight is pre-packed by oneDNN once. bf16 matrix-vector
+  products run well below memory speed on CPU, so bf16 gains most at batch 8 and more.
 - ``int8``: weights stored as int8 with one scale per output channel (a quarter of the fp32
   bytes), activations in bfloat16, multiplied by `torch._weight_int8pack_mm` (CPU) for the few
   rows of a decode step; a prefill of many rows dequantizes the weight to bf16 instead. The LM
   head is quantized too; the input embedding stays bf16 (a lookup reads one row).
-- ``fp32``: the weights as trained, pre-packed by oneDNN on CPU like bf16 (PyTorch's plain fp32
-  `nn.Linear` runs a few rows, e.g. a batch of 8 decode steps, at half the packed speed).
+- ``int4``: the Transformer layers' weights in 4 bits, in groups of 32 inputs with their own
+  scale and offset (an eighth of the fp32 bytes; `torch._weight_int4pack_mm_for_cpu`); the LM
+  head stays int8. The fastest at batch 1 and the least precise; its prefill runs the 4-bit
+  kernel on every prompt row (slower than bf16 for long or many prompts).
+- ``fp32``: the weights as trained, stored transposed on CPU (`TransposedLinear`).
 
 `prepare_for_inference` converts a model in place; the converted model is for inference only
 (its linear layers are no longer `nn.Linear`, so save the original, not the converted one).
@@ -23,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("fp32", "bf16", "int8", "int4")
+INT4_GROUP = 32
+"""Inputs per scale/offset group of int4 weights."""
 SMALL_M = 16
 """Int8Linear multiplies up to this many rows with the int8 kernel (its cost grows with the rows)."""
 
@@ -40,6 +47,26 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+class TransposedLinear(nn.Module):
+    """`nn.Linear` with its weight stored transposed, (in, out): x (..., in) -> (..., out).
+
+    For a few rows (decoding), MKL's fp32 GEMM streams an (in, out) weight faster than the
+    (out, in) one of `nn.Linear` (up to 2x at 8 rows); GPT-2's Conv1D stores weights this way.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        y = torch.mm(x, self.weight_t) if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
+        return y.view(*shape[:-1], self.out_features)
 
 
 class Int8Linear(nn.Module):
@@ -76,6 +103,46 @@ class Int8Linear(nn.Module):
         return self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
 
 
+class Int4Linear(nn.Module):
+    """Weight-only 4-bit linear (`torch._weight_int4pack_mm_for_cpu`): x (..., in) bf16 -> (..., out) bf16.
+
+    Each row of the weight is cut into groups of `group_size` inputs; a group is stored as 4-bit
+    q in [0, 15] with its own scale and offset (asymmetric): w ~ q * scale + low, |error| <= scale / 2.
+    Needs in % group_size == 0 and out % 16 == 0 (`int4_fits`).
+    """
+
+    def __init__(self, linear: nn.Linear, group_size: int = INT4_GROUP) -> None:
+        super().__init__()
+        if not int4_fits(linear, group_size):
+            raise ValueError(f"int4 needs in_features % {group_size} == 0 and out_features % 16 == 0, "
+                             f"got {linear.in_features} -> {linear.out_features}")
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        groups = w.view(n, k // group_size, group_size)  # (out, in / g, g)
+        low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+        scale = ((high - low) / 15).clamp(min=1e-8)
+        q = torch.round((groups - low) / scale).clamp(0, 15).view(n, k).to(torch.int32)
+        # The kernel dequantizes (q - 8) * scale + zero, so zero is the value at q = 8.
+        zero = low + 8 * scale
+        scale_zero = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (in / g, out, 2)
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, in)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self.scale_zero)
+        y = y if self.bias is None else y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+
+def int4_fits(linear: nn.Linear, group_size: int = INT4_GROUP) -> bool:
+    """Whether the int4 kernel takes this layer's shape."""
+    return linear.in_features % group_size == 0 and linear.out_features % 16 == 0
+
+
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The floating dtype the model computes in (that of its first floating parameter or buffer)."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -94,11 +161,12 @@ def weight_format(model: nn.Module) -> str:
 
 
 def prepare_for_inference(model: nn.Module, dtype: str) -> nn.Module:
-    """Convert `model` in place to the weight format `dtype` ("fp32", "bf16" or "int8"); returns it.
+    """Convert `model` in place to the weight format `dtype` (one of `DTYPES`); returns it.
 
-    On CPU every linear layer is replaced (fp32 and bf16: `PackedLinear`; int8: `Int8Linear`);
-    on an accelerator bf16 is a plain cast and fp32 changes nothing. Converting again to the same
-    format does nothing; to another format is an error (convert the original weights).
+    On CPU every linear layer is replaced (fp32: `TransposedLinear`, bf16: `PackedLinear`, int8:
+    `Int8Linear`, int4: `Int4Linear`); on an accelerator bf16 is a plain cast, fp32 changes
+    nothing and int8 / int4 are rejected. Converting again to the same format does nothing; to
+    another format is an error (convert the original weights).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -111,15 +179,19 @@ def prepare_for_inference(model: nn.Module, dtype: str) -> nn.Module:
     if compute_dtype(model) != torch.float32:
         raise ValueError(f"prepare_for_inference converts fp32 weights, got {compute_dtype(model)}")
     device = next(model.parameters()).device
-    if dtype == "int8" and device.type != "cpu":
-        raise ValueError(f"int8 weights run on CPU only; use bf16 on {device.type}")
+    if dtype in ("int8", "int4") and device.type != "cpu":
+        raise ValueError(f"{dtype} weights run on CPU only; use bf16 on {device.type}")
+    if dtype == "int4":  # the LM head stays int8 (logit precision), as does any shape the kernel rejects
+        head = getattr(model, "lm_head", None)
+        _replace_linears(model, lambda lin: Int8Linear(lin) if lin is head or not int4_fits(lin) else Int4Linear(lin))
     if dtype == "int8":
         _replace_linears(model, Int8Linear)  # quantized from the fp32 weights
     if dtype != "fp32":
         model.to(torch.bfloat16)  # everything else: embeddings, norms, int8 scales and biases
-    if dtype != "int8" and device.type == "cpu" and torch.backends.mkldnn.is_available():
-        compute = compute_dtype(model)
-        _replace_linears(model, lambda linear: PackedLinear(linear, compute))
+    if dtype == "fp32" and device.type == "cpu":
+        _replace_linears(model, TransposedLinear)
+    if dtype == "bf16" and device.type == "cpu" and torch.backends.mkldnn.is_available():
+        _replace_linears(model, lambda linear: PackedLinear(linear, torch.bfloat16))
     model.inference_format = dtype
     return model
 

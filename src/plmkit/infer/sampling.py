@@ -2,8 +2,8 @@
 
 Shapes: B rows, V vocabulary, N history length, K candidates, S draws.
 
-Everything is batched and stays on the logits' device without host syncs, except the rare
-fallback of `sample` described there. Random numbers come only from the `torch.Generator`
+Everything is batched and stays on the logits' device without host syncs, except one check
+per call of top-p / min-p without top-k (whether a row needs the sorting fallback below). Random numbers come only from the `torch.Generator`
 passed in, never from the global RNG. The filters keep the same token sets as `transformers`'
 `TopKLogitsWarper`, `TopPLogitsWarper` and `MinPLogitsWarper` (applied in that order), but
 get there without sorting the whole vocabulary:
@@ -56,14 +56,17 @@ def banned_ngram_tokens(history: Tensor, valid: Tensor, n: int, vocab_size: int)
 # --------------------------------------------------------------------------- sampling
 
 
-def draw(weights: Tensor, generator: torch.Generator) -> Tensor:
-    """One index per row (B,) with probability proportional to weights (B, K) >= 0.
+def draw(weights: Tensor, generator: torch.Generator, n: int = 1) -> Tensor:
+    """n independent indices per row (B, n), with probability proportional to weights (B, K) >= 0.
 
-    Exponential race: argmax(w / E) with E ~ Exp(1) picks i with probability w_i / sum(w), and
-    a zero weight can never win.
+    Inverse CDF: the first index whose cumulative weight exceeds u * total, u ~ U[0, 1). An index
+    of zero weight adds nothing to the cumulative sum, so it is never the first to exceed it.
     """
-    race = torch.empty_like(weights).exponential_(generator=generator).clamp_(min=torch.finfo(weights.dtype).tiny)
-    return (weights / race).argmax(dim=-1)
+    cdf = weights.cumsum(dim=-1)  # (B, K)
+    total = cdf[:, -1:]
+    u = torch.rand(weights.size(0), n, generator=generator, device=weights.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+    return torch.searchsorted(cdf, u, right=True)
 
 
 def filtered_candidates(probs: Tensor, top_p: float | None, min_p: float | None) -> Tensor:
@@ -85,16 +88,16 @@ def filtered_candidates(probs: Tensor, top_p: float | None, min_p: float | None)
 def sample(logits: Tensor, generator: torch.Generator, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, min_p: float | None = None) -> Tensor:
     """Sample one token per row from logits (B, V) after temperature, top-k, top-p, min-p: (B,) long."""
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     vocab = logits.size(-1)
     if top_k is not None and 0 < top_k < vocab:
         values, index = logits.topk(top_k, dim=-1)  # (B, K), sorted
         probs = values.softmax(dim=-1)  # renormalized over the k kept tokens, as top-p then sees them
-        choice = draw(probs * filtered_candidates(probs, top_p, min_p), generator)
-        return index.gather(1, choice[:, None])[:, 0]
+        choice = draw(probs * filtered_candidates(probs, top_p, min_p), generator)  # (B, 1)
+        return index.gather(1, choice)[:, 0]
     probs = logits.softmax(dim=-1)
     if (top_p is None or top_p >= 1.0) and not min_p:
-        return draw(probs, generator)
+        return draw(probs, generator)[:, 0]
     tokens, ok = _nucleus_by_rejection(probs, generator, top_p, min_p)
     if not bool(ok.all()):  # every draw of some row fell outside: sort that batch's vocabulary
         tokens = torch.where(ok, tokens, _nucleus_by_sorting(probs, generator, top_p, min_p))
@@ -109,11 +112,9 @@ def _nucleus_by_rejection(probs: Tensor, generator: torch.Generator, top_p: floa
     min-p would keep: conditioned on membership a draw follows the filtered, renormalized
     distribution. ok is False for rows where no draw was a member.
     """
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.rand(probs.size(0), REJECTION_DRAWS, generator=generator, device=probs.device) * cdf[:, -1:]
-    drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.size(-1) - 1)  # (B, S)
+    drawn = draw(probs, generator, REJECTION_DRAWS)  # (B, S)
     p = probs.gather(1, drawn)  # (B, S)
-    member = p > 0
+    member = torch.ones_like(p, dtype=torch.bool)
     if top_p is not None and top_p < 1.0:
         member &= _mass_above(probs, p) < top_p
     if min_p:
@@ -125,13 +126,15 @@ def _nucleus_by_rejection(probs: Tensor, generator: torch.Generator, top_p: floa
 def _mass_above(probs: Tensor, p: Tensor) -> Tensor:
     """For each of S probability values p (B, S): the total probability of tokens more likely than it.
 
-    One pass over the vocabulary: each token is bucketed by how many of the (sorted) values it
-    exceeds, bucket masses are summed, and suffix sums give the mass above each value.
+    Each token is bucketed by how many of the (sorted) values it exceeds, bucket masses are
+    summed, and suffix sums give the mass above each value.
     """
     ps, order = p.sort(dim=-1)  # (B, S) ascending
-    beats = torch.searchsorted(ps, probs)  # (B, V): how many values each token is strictly above
+    beats = torch.zeros(probs.shape, dtype=torch.uint8, device=probs.device)  # (B, V), S < 256
+    for j in range(p.size(1)):
+        beats += probs > ps[:, j : j + 1]
     mass = torch.zeros(p.size(0), p.size(1) + 1, dtype=probs.dtype, device=probs.device)
-    mass.scatter_add_(1, beats, probs)  # mass[:, b]: tokens above exactly the b smallest values
+    mass.scatter_add_(1, beats.long(), probs)  # mass[:, b]: tokens above exactly the b smallest values
     above_sorted = mass.flip(-1).cumsum(dim=-1).flip(-1)[:, 1:]  # (B, S): tokens above value j
     return above_sorted.gather(1, order.argsort(dim=-1))
 
@@ -141,4 +144,4 @@ def _nucleus_by_sorting(probs: Tensor, generator: torch.Generator, top_p: float 
     """Top-p / min-p sampling over the whole sorted vocabulary (the slow, always-exact path)."""
     sorted_probs, index = probs.sort(dim=-1, descending=True)
     choice = draw(sorted_probs * filtered_candidates(sorted_probs, top_p, min_p), generator)
-    return index.gather(1, choice[:, None])[:, 0]
+    return index.gather(1, choice)[:, 0]
