@@ -162,7 +162,7 @@ def ratio_spread(a: Timing, b: Timing) -> tuple[float, float]:
 
 
 WORKLOAD_PRESETS = {
-    "bert-mini": ("bert-mini", []),
+    "bert-mini": ("bert-mini", ["dropout=0.1", "attention_dropout=0.1"]),  # BERT's dropout (the preset pretrains without)
     "bert-base": ("bert-base", []),
     "gpt-small": ("gpt2-small", ["hidden_size=256", "num_layers=4", "num_heads=4", "intermediate_size=1024"]),
     "gpt2": ("gpt2-small", []),

@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from finetune_table import pretrain_for_minutes, run_task
 from plmkit.data.shards import ShardSet, prepare
-from plmkit.recipes.pretrain import load_config, pretrain
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HF_REFERENCE_LOSS = 6.23
@@ -74,24 +73,6 @@ def unigram_baseline(shards_dir: Path) -> float:
     return float(-np.log(probs[ids]).mean())
 
 
-def finetune_sst2(pretrained: Path, out: Path, steps: int) -> dict[str, float]:
-    """SST-2 dev accuracy after `steps` fine-tuning steps, from `pretrained` and from scratch."""
-    from plmkit.recipes.finetune import finetune
-
-    accuracy = {}
-    for name, from_scratch in (("pretrained", False), ("from scratch", True)):
-        result = finetune("classification", model=str(pretrained), out=str(out / name.replace(" ", "-")),
-                          train_file=str(SHARED / "sst2" / "train.tsv"), dev_file=str(SHARED / "sst2" / "dev.tsv"),
-                          from_scratch=from_scratch, model_overrides={"dropout": 0.1, "attention_dropout": 0.1},
-                          max_length=64, bucket=32,
-                          train={"lr": 1e-4 if not from_scratch else 5e-4, "max_steps": steps,
-                                 "warmup_steps": steps // 10, "batch_size": 32, "eval_every": steps // 4,
-                                 "save_every": 0, "precision": "bf16", "progress": False})
-        accuracy[name] = result.best_value
-        print(f"SST-2 dev accuracy ({name}, {steps} steps, best of 4 evaluations): {result.best_value:.4f}", flush=True)
-    return accuracy
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=35.0)
@@ -111,20 +92,10 @@ def main() -> None:
     print(f"corpus: {n_train:,} train tokens; unigram baseline on held-out tokens: {baseline:.3f} nats")
 
     overrides = [f"data.path={shards}", "data.objective=roberta", *args.overrides]
-    probe = load_config(args.config, overrides + ["train.max_steps=30", "train.save_every=0",
-                                                  "data.eval_examples=0", "train.progress=false"])
-    t0 = time.perf_counter()
-    pretrain(probe, out / "probe")
-    steps_per_s = 30 / (time.perf_counter() - t0)
-    steps = max(50, int(args.minutes * 60 * steps_per_s * 0.97))
-    print(f"calibration: {steps_per_s:.2f} steps/s -> {steps} steps for {args.minutes} min")
-
-    cfg = load_config(args.config, overrides + [f"train.max_steps={steps}", f"train.eval_every={max(steps // 10, 1)}",
-                                                f"train.warmup_steps={max(steps * 6 // 100, 1)}"])
-    result = pretrain(cfg, out / "run")
+    result = pretrain_for_minutes(args.config, overrides, args.minutes, out)
     final = result.eval_history[-1]
     print("held-out MLM loss by step: " + ", ".join(f"{e['step']}: {e['eval_loss']:.3f}" for e in result.eval_history))
-    sst2 = finetune_sst2(result.final_dir, out / "sst2", args.sst2_steps) if args.sst2_steps else {}
+    sst2 = run_task("sst2", result.final_dir, None, out / "sst2", scale=args.sst2_steps / 2000) if args.sst2_steps else {}
     summary = {"minutes": result.elapsed_s / 60, "steps": result.step, "tokens_seen": result.tokens_seen,
                "heldout_mlm_loss": final["eval_loss"], "mlm_accuracy": final.get("mlm_accuracy"),
                "unigram_baseline": baseline, "hf_trainer_reference": HF_REFERENCE_LOSS,

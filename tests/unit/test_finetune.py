@@ -342,6 +342,12 @@ def test_seq2seq_warm_start_and_decoder_prompts(data, tok_dir, tmp_path):
         assert torch.equal(model.encoder.state_dict()[name], p), name
     with pytest.raises(ValueError, match="--warm-start"):
         load_seq2seq_model(Seq2SeqConfig(model=str(bert), train_file="x", out="x"), tok)
+    cfg.from_scratch = True  # the same encoder-decoder, random weights: the warm start's baseline
+    scratch = load_seq2seq_model(cfg, tok)
+    assert scratch.config.to_dict() == model.config.to_dict()
+    name = "blocks.0.attn.qkv.weight"
+    assert scratch.encoder.state_dict()[name].shape == encoder.transformer.state_dict()[name].shape
+    assert not torch.equal(scratch.encoder.state_dict()[name], encoder.transformer.state_dict()[name])
 
     gpt = _saved_model("gpt-tiny", "causal-lm", tok_dir, tmp_path / "gpt", eos_token_id=tok.sep_id,
                        bos_token_id=tok.cls_id)

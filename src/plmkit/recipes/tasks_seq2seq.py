@@ -3,7 +3,8 @@
 The model may be
 - an encoder-decoder preset (from scratch) or a plmkit seq2seq checkpoint;
 - a BERT-style encoder checkpoint with ``warm_start``: its weights start both stacks of an
-  encoder-decoder (cross-attention starts fresh);
+  encoder-decoder (cross-attention starts fresh); with ``from_scratch`` the same
+  encoder-decoder starts from random weights (the baseline that shows what the warm start buys);
 - a decoder (GPT): trained on ``source + separator + target + EOS`` with the loss on the
   target only, and asked to continue ``source + separator`` at evaluation.
 
@@ -33,7 +34,7 @@ from plmkit.data.tasks.records import detect_format, read_table, text_lines
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.evaluate import bleu, chrf, rouge
 from plmkit.infer.generation import generate
-from plmkit.models import PretrainedModel, Seq2SeqLM, load, read_config
+from plmkit.models import PretrainedModel, Seq2SeqLM, build_model, load, read_config
 from plmkit.recipes.tasks_base import (
     EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, mean_loss, pad_id_of,
     parse_config, position_limit, run_finetune, special_ids, subsample,
@@ -167,8 +168,11 @@ def load_seq2seq_model(cfg: Seq2SeqConfig, tokenizer: Tokenizer) -> PretrainedMo
     if not (cfg.warm_start and Path(cfg.model).is_dir()):
         raise ValueError(f"--model {cfg.model} is an encoder: pass --warm-start (with a checkpoint directory) to "
                          "build an encoder-decoder from its weights, or use a seq2seq / GPT model")
-    encoder = load(cfg.model, task="feature-extraction")
-    torch.manual_seed(cfg.train.seed)  # the fresh cross-attention weights
+    torch.manual_seed(cfg.train.seed)  # the fresh weights (cross-attention; everything with from_scratch)
+    if cfg.from_scratch:  # the same encoder-decoder with random weights: the baseline of a warm start
+        encoder = build_model(read_config(cfg.model)[0], "feature-extraction")
+    else:
+        encoder = load(cfg.model, task="feature-extraction")
     ids = special_ids(tokenizer)
     fields = {**encoder.config.to_dict(), "arch": "encoder-decoder", "family": "seq2seq", "id2label": None,
               **ids, "decoder_start_token_id": ids["bos_token_id"], **cfg.model_overrides}
