@@ -420,3 +420,21 @@ def test_finetune_cli_with_yaml_and_set(data, tok_dir, tmp_path, capsys):
     assert saved["train"]["batch_size"] == 4 and saved["train"]["lr"] == 5e-5 and saved["max_length"] == 32
     assert main(args[:-2] + ["--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_seq2seq_evaluation_can_forbid_repeated_ngrams():
+    from plmkit.config import ModelConfig
+    from plmkit.models import build_model
+    from plmkit.recipes.tasks_seq2seq import generate_ids
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="decoder", family="gpt2", vocab_size=12, hidden_size=16, num_layers=1, num_heads=2,
+                      intermediate_size=32, max_positions=64, norm="pre", type_vocab_size=0)
+    model = build_model(cfg, "causal-lm").eval()
+    prompts = [[1, 2, 3], [4, 5]]
+    plain = generate_ids(model, prompts, max_new_tokens=30, eos_id=0, batch_size=2)
+    assert any(len(set(zip(o, o[1:]))) < len(o) - 1 for o in plain)  # a random tiny model loops
+    for prompt, out in zip(prompts, generate_ids(model, prompts, max_new_tokens=30, eos_id=0, batch_size=2,
+                                                 no_repeat_ngram_size=2)):
+        seq = prompt + out
+        assert len(set(zip(seq, seq[1:]))) == len(seq) - 1

@@ -75,6 +75,8 @@ class Seq2SeqConfig(FinetuneConfig):
     """Target language: Chinese is scored by characters (ROUGE) and sacrebleu's zh tokenizer (BLEU)."""
     num_beams: int = 1
     """Beam width at evaluation (1 = greedy)."""
+    no_repeat_ngram_size: int = 0
+    """At evaluation, never generate an n-gram of this size twice (3 is usual for summaries); 0 = off."""
     max_new_tokens: int | None = None
     """Longest generated output; None = max_target_length."""
 
@@ -86,6 +88,8 @@ class Seq2SeqConfig(FinetuneConfig):
             raise ConfigError("max_source_length and max_target_length must be at least 2")
         if self.num_beams < 1:
             raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -219,7 +223,7 @@ def prompts_for(cfg: Seq2SeqConfig, model: PretrainedModel, tokenizer: Tokenizer
 
 
 def generate_ids(model: PretrainedModel, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int,
-                 batch_size: int, num_beams: int = 1) -> list[list[int]]:
+                 batch_size: int, num_beams: int = 1, no_repeat_ngram_size: int = 0) -> list[list[int]]:
     """New tokens for each prompt, EOS removed (greedy, or beam search with num_beams > 1),
     generated in batches of prompts of similar length."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -227,7 +231,7 @@ def generate_ids(model: PretrainedModel, prompts: list[list[int]], *, max_new_to
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         result = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
-                          stop_token_ids=[eos_id], do_sample=False)
+                          stop_token_ids=[eos_id], do_sample=False, no_repeat_ngram_size=no_repeat_ngram_size)
         for i, ids in zip(chunk, result.tokens):
             outputs[i] = ids[: ids.index(eos_id)] if eos_id in ids else ids
     return outputs
@@ -242,7 +246,8 @@ def evaluate_seq2seq(model: PretrainedModel, tokenizer: Tokenizer, cfg: Seq2SeqC
     prompts = prompts_for(cfg, model, tokenizer, examples)
     _, target_len = _lengths(cfg, model)
     outputs = generate_ids(model, prompts, max_new_tokens=cfg.max_new_tokens or target_len,
-                           eos_id=_eos(model, tokenizer), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams)
+                           eos_id=_eos(model, tokenizer), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
+                           no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     hypotheses = [_clean(tokenizer.decode(ids), cfg.language) for ids in outputs]
     rows: list[dict[str, Any]] = [{"source": e.source, "prediction": h} for e, h in zip(examples, hypotheses)]
     if not all(e.references for e in examples):
