@@ -207,8 +207,10 @@ def main() -> None:
         table_path.write_text(json.dumps(table, indent=2))
     print("\n| task | metric | pretrained | scratch |\n|---|---|---:|---:|")
     for task in (t for t in TASKS if t in table):
-        for metric in sorted(k for k in table[task]["pretrained"] if k not in ("minutes", "steps")):
-            print(f"| {task} | {metric} | {table[task]['pretrained'][metric]:.4f} | {table[task]['scratch'][metric]:.4f} |")
+        runs = [table[task].get(side, {}) for side in SIDES]
+        for metric in sorted({k for run in runs for k in run} - {"minutes", "steps"}):
+            cells = " | ".join(f"{run[metric]:.4f}" if metric in run else "-" for run in runs)
+            print(f"| {task} | {metric} | {cells} |")
 
 
 if __name__ == "__main__":
