@@ -107,12 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.batch = [int(b) for b in args.batch.split(",")]
-    args.modes = [m for m in args.modes.split(",") if m] + (["pure-top-p"] if args.pure_top_p else [])
-    args.weights = [w for w in args.weights.split(",") if w]
-    for label, values, valid in (("--modes", args.modes, MODES), ("--weights", args.weights, WEIGHTS)):
-        bad = [v for v in values if v not in valid]
-        if bad:
-            p.error(f"{label}: unknown {', '.join(bad)}; choose from {', '.join(valid)}")
+    args.modes = common.choices(p, "--modes", args.modes, MODES) + (["pure-top-p"] if args.pure_top_p else [])
+    args.weights = common.choices(p, "--weights", args.weights, WEIGHTS)
     if args.rounds < 2:
         p.error("at least 2 interleaved rounds are needed")
     return args

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from plmkit.data.shards import prepare
+from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.recipes.finetune import finetune
 from plmkit.recipes.pretrain import load_config, pretrain
 from plmkit.train.loop import TrainResult
@@ -67,12 +67,12 @@ def pretrain_for_minutes(config: str, overrides: list[str], minutes: float, out:
 def finetune_pair(task: str, pretrained: Path, out: Path, fields: dict[str, Any], caps: dict[str, int] | None = None,
                   sides: tuple[str, ...] = SIDES) -> dict[str, dict[str, float]]:
     """Dev metrics (best checkpoint) of `task` fine-tuned from `pretrained` and from scratch (`sides`),
-    with the same fields (data, steps, learning rate, seed)."""
+    with the same fields (data, steps, learning rate, seed) and dropout 0.1."""
     results = {}
     for name in sides:
         t0 = time.perf_counter()
         result = finetune(task, model=str(pretrained), out=str(out / name), from_scratch=name == "scratch",
-                          **fields, **(caps or {}))
+                          model_overrides=DROPOUT, **{**fields, **(caps or {})})
         metrics = {k: float(v) for k, v in result.dev_metrics.items() if isinstance(v, (int, float))}
         results[name] = {**metrics, "minutes": (time.perf_counter() - t0) / 60, "steps": result.train.step}
         print(f"  {out.name} {name}: {result.metric} {result.best_value:.4f} "
@@ -139,33 +139,33 @@ def run_task(task: str, english: Path, chinese: Path | None, out: Path, scale: f
     if task == "sst2":
         fields = dict(train_file=str(d / "sst2" / "train.tsv"), dev_file=str(d / "sst2" / "dev.tsv"), max_length=64,
                       bucket=32, train=train_settings(steps(2000), 5e-4))
-        return finetune_pair("classification", english, out, {**fields, "model_overrides": DROPOUT}, caps, sides)
+        return finetune_pair("classification", english, out, fields, caps, sides)
     if task == "chnsenticorp":
         if chinese is None:
             raise ValueError("chnsenticorp needs a Chinese checkpoint")
         fields = dict(train_file=str(d / "chnsenticorp" / "train.tsv"), dev_file=str(d / "chnsenticorp" / "dev.tsv"),
                       text_column="text_a", max_length=128, bucket=32, train=train_settings(steps(900), 5e-4))
-        return finetune_pair("classification", chinese, out, {**fields, "model_overrides": DROPOUT}, caps, sides)
+        return finetune_pair("classification", chinese, out, fields, caps, sides)
     if task == "conll":
         fields = dict(train_file=str(d / "conll2003" / "train.txt"), dev_file=str(d / "conll2003" / "dev.txt"),
                       bucket=32, train=train_settings(steps(1500), 1e-3))
-        return finetune_pair("ner", english, out, {**fields, "model_overrides": DROPOUT}, caps, sides)
+        return finetune_pair("ner", english, out, fields, caps, sides)
     if task == "squad":
         train, dev = squad_split(out.parent)
         fields = dict(train_file=str(train), dev_file=str(dev), max_length=192, doc_stride=64,
                       train=train_settings(steps(600), 1e-3, batch_size=16, evals=2))
-        return finetune_pair("qa", english, out, {**fields, "model_overrides": DROPOUT}, caps, sides)
+        return finetune_pair("qa", english, out, fields, caps, sides)
     if task == "translation":
         fields = dict(train_file=str(d / "multi30k" / "train"), dev_file=str(multi30k_dev(out.parent)),
                       source_lang="en", target_lang="de", warm_start=True, max_source_length=64, max_target_length=64,
                       bucket=32, train=train_settings(steps(1500), 5e-4, evals=2))
-        return finetune_pair("translation", english, out, {**fields, "model_overrides": DROPOUT}, caps, sides)
+        return finetune_pair("translation", english, out, fields, caps, sides)
     if task == "summarization":
         fields = dict(train_file=str(d / "scitldr-a" / "train.jsonl"), dev_file=str(d / "scitldr-a" / "dev.jsonl"),
                       warm_start=True, max_source_length=256, max_target_length=64, max_dev_examples=300, bucket=16,
                       no_repeat_ngram_size=3,
                       train=train_settings(steps(600), 5e-4, batch_size=16, evals=2))
-        return finetune_pair("summarization", english, out, {**fields, "model_overrides": DROPOUT}, caps, sides)
+        return finetune_pair("summarization", english, out, fields, caps, sides)
     raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
 
 
@@ -196,8 +196,10 @@ def main() -> None:
                                                     "data.options.whole_word=true", "train.progress=false"],
                                       args.zh_minutes, zh)
         history = ", ".join(f"{e['step']}: {e['eval_loss']:.3f}" for e in result.eval_history)
-        print(f"Chinese BERT-mini held-out MLM loss by step: {history}", flush=True)
-        table["chinese_pretraining"] = {"eval_history": result.eval_history, "minutes": result.elapsed_s / 60}
+        baseline = unigram_baseline(shards)
+        print(f"Chinese BERT-mini held-out MLM loss by step: {history}; unigram baseline {baseline:.3f}", flush=True)
+        table["chinese_pretraining"] = {"eval_history": result.eval_history, "minutes": result.elapsed_s / 60,
+                                        "unigram_baseline": baseline}
         chinese = result.final_dir
     for task in tasks:
         print(f"== {task}", flush=True)

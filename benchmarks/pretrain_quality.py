@@ -26,11 +26,10 @@ import math
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from finetune_table import pretrain_for_minutes, run_task
-from plmkit.data.shards import ShardSet, prepare
+from plmkit.data.shards import ShardSet, prepare, unigram_baseline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HF_REFERENCE_LOSS = 6.23
@@ -59,18 +58,6 @@ def build_corpus(out: Path) -> Path:
     path = out / "corpus.txt"
     path.write_text("\n\n".join(d.replace("\n\n", "\n") for d in docs) + "\n", encoding="utf-8")
     return path
-
-
-def unigram_baseline(shards_dir: Path) -> float:
-    """Cross-entropy (nats) of held-out non-special tokens under the train split's unigram distribution."""
-    train, held = ShardSet.open(shards_dir, "train"), ShardSet.open(shards_dir, "eval")
-    specials = train.specials.present()
-    counts = np.bincount(np.asarray(train.tokens), minlength=train.vocab_size).astype(np.float64)
-    counts[specials] = 0
-    probs = (counts + 1) / (counts.sum() + train.vocab_size)  # add-one smoothing
-    ids = np.asarray(held.tokens)
-    ids = ids[~np.isin(ids, specials)]
-    return float(-np.log(probs[ids]).mean())
 
 
 def main() -> None:

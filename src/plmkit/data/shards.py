@@ -544,6 +544,18 @@ class ShardSet:
                 f"sentences={self.num_sentences}, tokens={self.num_tokens}, dtype={self.dtype.name})")
 
 
+def unigram_baseline(shards_dir: str | Path) -> float:
+    """Cross-entropy (nats) of the held-out split's non-special tokens under the train split's
+    unigram distribution (add-one smoothed): the plateau a language model must get below."""
+    train, held = ShardSet.open(shards_dir, "train"), ShardSet.open(shards_dir, "eval")
+    specials = train.specials.present()
+    counts = np.bincount(np.asarray(train.tokens), minlength=train.vocab_size).astype(np.float64)
+    counts[specials] = 0
+    probs = (counts + 1) / (counts.sum() + train.vocab_size)
+    ids = np.asarray(held.tokens)
+    return float(-np.log(probs[ids[~np.isin(ids, specials)]]).mean())
+
+
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot map an empty file
         return np.zeros(0, dtype=dtype)

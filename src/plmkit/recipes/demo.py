@@ -17,9 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
-from plmkit.data.shards import ShardSet, prepare
+from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.recipes.pretrain import load_config, pretrain
 
@@ -76,25 +74,13 @@ def pretrain_models(data: Path, out: Path, wordpiece: Path, bpe: Path, scale: fl
                                        "data.eval_examples=128", "model.dropout=0.0", "model.attention_dropout=0.0"])
     gpt = pretrain(gpt_cfg, out / "gpt")
     _report(gpt)
-    return {"bert": bert, "gpt": gpt, "unigram": _unigram_loss(bert_shards)}
+    return {"bert": bert, "gpt": gpt, "unigram": unigram_baseline(bert_shards)}
 
 
 def _report(result) -> None:
     last = result.eval_history[-1]
     scores = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "step")
     print(f"{result.step} steps in {result.elapsed_s / 60:.1f} min, {result.tokens_seen:,} tokens; held-out: {scores}")
-
-
-def _unigram_loss(shards_dir: Path) -> float:
-    """Cross-entropy of held-out tokens under the training unigram distribution: the plateau MLM must beat."""
-    train, held = ShardSet.open(shards_dir, "train"), ShardSet.open(shards_dir, "eval")
-    specials = train.specials.present()
-    counts = torch.bincount(torch.from_numpy(train.tokens.astype("int64")), minlength=train.vocab_size).double()
-    counts[specials] = 0
-    probs = (counts + 1) / (counts.sum() + train.vocab_size)
-    ids = torch.from_numpy(held.tokens.astype("int64"))
-    ids = ids[~torch.isin(ids, torch.tensor(specials))]
-    return float(-probs[ids].log().mean())
 
 
 def finetune_sentiment(data: Path, out: Path, bert_dir: Path, wordpiece: Path, scale: float) -> dict[str, float]:
