@@ -17,10 +17,12 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from plmkit.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 

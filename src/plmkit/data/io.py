@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plmkit.errors import UserError
+
 Document = list[str]
 """A document: its sentences, in order."""
 
@@ -41,7 +43,7 @@ _KNOWN_SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".json": "json", ".csv": "c
 _MAX_SKIP_EXAMPLES = 5
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus file cannot be read as promised; the message starts with ``file:line:``."""
 
 

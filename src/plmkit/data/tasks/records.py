@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from plmkit.errors import DataError
+
 TableFormat = Literal["csv", "tsv", "jsonl"]
 Column = str | int
 _SUFFIX_FORMATS: dict[str, TableFormat] = {
@@ -20,13 +22,8 @@ _SUFFIX_FORMATS: dict[str, TableFormat] = {
 }
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DataError):
     """A task file does not have the expected layout; `path` and `line` say where."""
-
-    def __init__(self, path: str | Path, line: int, message: str) -> None:
-        super().__init__(f"{path}:{line}: {message}")
-        self.path = str(path)
-        self.line = line
 
 
 def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:

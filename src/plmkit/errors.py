@@ -1,0 +1,63 @@
+"""The errors plmkit raises on purpose, one hierarchy for the whole package.
+
+Every error a user can cause or meet derives from `PlmkitError` and carries an exit code for
+the command line (`plmkit.cli` turns them into one line on stderr and that code). Errors about
+user input are also `ValueError`s, so ``except ValueError`` keeps working for library users.
+
+=========  =====================================================================
+exit code  meaning
+=========  =====================================================================
+0          success
+1          an unexpected error (a bug: the traceback is shown)
+2          bad input: a file, a field, a flag or a config value (`UserError`)
+3          data on disk does not match what was recorded (`IntegrityError`)
+4          the system refused: no space, permission, read-only folder (`ResourceError`)
+5          training stopped on non-finite values (`plmkit.train.loop.NonFiniteError`)
+130/143    interrupted by SIGINT / SIGTERM after a checkpoint was written
+=========  =====================================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PlmkitError(Exception):
+    """Base of every error plmkit raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(PlmkitError, ValueError):
+    """Bad input from the user: a flag, a config value, a file's content or layout."""
+
+    exit_code = 2
+
+
+class DataError(UserError):
+    """A data file cannot be read as promised; `path` and `line` (1-based, when known) say where.
+
+    The message starts with ``path:line:`` (or ``path:``), the form editors and terminals link.
+    """
+
+    def __init__(self, path: str | Path, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+        self.reason = message
+
+
+class IntegrityError(PlmkitError):
+    """Data on disk differs from what plmkit recorded when it wrote it (size, count, fingerprint)."""
+
+    exit_code = 3
+
+
+class ResourceError(PlmkitError, OSError):
+    """The operating system refused: no space left, no permission, a read-only folder."""
+
+    exit_code = 4
+
+
+__all__ = ["DataError", "IntegrityError", "PlmkitError", "ResourceError", "UserError"]
