@@ -32,7 +32,7 @@ class ModelConfig:
 
     arch: Literal["encoder", "decoder", "encoder-decoder"] = "encoder"
     """Which shape: bidirectional encoder (BERT), causal decoder (GPT) or both (seq2seq)."""
-    family: Literal["bert", "roberta", "albert", "gpt2", "seq2seq"] = "bert"
+    family: Literal["bert", "roberta", "albert", "electra", "gpt2", "seq2seq"] = "bert"
     """Checkpoint family, used for Hugging Face export and family-specific details."""
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -57,9 +57,14 @@ class ModelConfig:
     tie_embeddings: bool = True
     """Output projection of the LM head shares the input embedding matrix."""
     embedding_size: int | None = None
-    """ALBERT: factorized embedding size (projected up to hidden_size); None = hidden_size."""
+    """ALBERT / ELECTRA: factorized embedding size (projected up to hidden_size); None = hidden_size."""
     share_layers: bool = False
     """ALBERT: one set of layer weights applied num_layers times."""
+    generator_size: float = 0.25
+    """ELECTRA pretraining: the generator's hidden size, feed-forward size and heads as a fraction of
+    this (the discriminator's) model; it has as many layers and shares the embeddings."""
+    rtd_weight: float = 50.0
+    """ELECTRA pretraining: weight of the replaced-token-detection loss next to the generator's MLM loss."""
     rotary_base: float = 10000.0
     initializer_range: float = 0.02
     pad_token_id: int = 0
@@ -103,6 +108,10 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.generator_size <= 1.0:
+            raise ConfigError(f"model.generator_size must be in (0, 1], got {self.generator_size}")
+        if self.rtd_weight < 0:
+            raise ConfigError(f"model.rtd_weight must be >= 0, got {self.rtd_weight}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
             raise ConfigError("model.dropout and model.attention_dropout must be in [0, 1)")
 

@@ -23,6 +23,8 @@ def hf_config(family: str, **extra):
         return transformers.RobertaConfig(hidden_size=C, max_position_embeddings=66, **common)
     if family == "albert":
         return transformers.AlbertConfig(hidden_size=C, embedding_size=16, **common)
+    if family == "electra":
+        return transformers.ElectraConfig(hidden_size=C, embedding_size=16, **common)
     return transformers.GPT2Config(vocab_size=V, n_embd=C, n_layer=L, n_head=H, n_positions=64,
                                    bos_token_id=V - 1, eos_token_id=V - 1, pad_token_id=V - 1, **extra)
 
@@ -50,12 +52,16 @@ CASES = [
     ("roberta", "masked-lm"), ("roberta", "sequence-classification"), ("roberta", "token-classification"),
     ("roberta", "question-answering"),
     ("albert", "pretraining"), ("albert", "masked-lm"), ("albert", "sequence-classification"),
+    ("electra", "pretraining"), ("electra", "masked-lm"), ("electra", "sequence-classification"),
+    ("electra", "token-classification"), ("electra", "question-answering"), ("electra", "feature-extraction"),
     ("gpt2", "causal-lm"), ("gpt2", "sequence-classification"), ("gpt2", "feature-extraction"),
 ]
 
 
 def outputs(out, task: str, hf: bool) -> list[torch.Tensor]:
     """The comparable tensors of an output (HF or plmkit), each (B, T, ...) or (B, ...)."""
+    if task == "pretraining" and not hasattr(out, "prediction_logits") and out.logits.dim() == 2:
+        return [out.logits]  # ELECTRA's discriminator: one replaced-token logit per position (B, T)
     if task == "question-answering":
         return [out.start_logits, out.end_logits]
     if task == "feature-extraction":
@@ -123,3 +129,42 @@ def test_pretrained_encoder_loads_for_a_new_task(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(clf(**kwargs).hidden_states[real], ref.bert(**kwargs).last_hidden_state[real],
                                    atol=TOL, rtol=TOL)
+
+
+def test_electra_generator_exports_as_electra_for_masked_lm(tmp_path):
+    """A saved ELECTRA pretraining model: the discriminator at the top, the generator in generator/,
+    each loading into its transformers class with no missing or unexpected keys and the same logits."""
+    cfg, _ = plmkit.models.hf_compat.config_from_hf({**hf_config("electra").to_dict(),
+                                                     "architectures": ["ElectraForPreTraining"]})
+    ours = build_model(cfg, "pretraining").eval()
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.05) if p.dim() == 1 else None
+    ours.save_pretrained(tmp_path)
+    generator, info = transformers.ElectraForMaskedLM.from_pretrained(tmp_path / "generator", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert generator.config.hidden_size == ours.generator.config.hidden_size < ours.config.hidden_size
+    kwargs, real = batch("electra")
+    with torch.no_grad():
+        torch.testing.assert_close(ours.generator(**kwargs).logits[real], generator.eval()(**kwargs).logits[real],
+                                   atol=TOL, rtol=TOL)
+    reloaded = plmkit.load(tmp_path)
+    assert reloaded.generator.transformer.emb.tok is reloaded.transformer.emb.tok  # shared again after loading
+    for name, tensor in ours.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, atol=0, rtol=0)
+
+
+def test_hf_electra_pair_loads_for_continued_pretraining(tmp_path):
+    """A transformers discriminator with its generator in generator/ (as the ELECTRA releases pair them)
+    loads as one plmkit ELECTRA pretraining model; the shared embeddings are the discriminator's."""
+    disc = transformers.ElectraForPreTraining(hf_config("electra")).eval()
+    gen_config = hf_config("electra", ).to_dict() | {"hidden_size": 16, "num_attention_heads": 1, "intermediate_size": 18}
+    gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**gen_config)).eval()
+    gen.electra.embeddings.load_state_dict(disc.electra.embeddings.state_dict())
+    disc.save_pretrained(tmp_path)
+    gen.save_pretrained(tmp_path / "generator")
+    ours = plmkit.load(tmp_path).eval()
+    assert ours.config.generator_size == 0.5
+    kwargs, real = batch("electra")
+    with torch.no_grad():
+        assert_close([ours(**kwargs).logits], [disc(**kwargs).logits], real)
+        assert_close([ours.generator(**kwargs).logits], [gen(**kwargs).logits], real)

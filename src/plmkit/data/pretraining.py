@@ -16,6 +16,7 @@ objective      keys
                (0 = B follows A, 1 = B is from another document)
 ``albert``     the same keys; next_sentence_label is sentence order (0 = in order, 1 = swapped)
 ``roberta``    input_ids, attention_mask, labels (B, T)
+``electra``    the same (the generator's input; the model samples the replacements itself)
 ``gpt``        input_ids, labels (B, L), no padding (+ segment_ids with ``document_mask=True``)
 ``seq2seq``    input_ids, attention_mask (B, T), labels (B, T') = the original text + eos
 =============  ==============================================================================
@@ -172,18 +173,24 @@ class MaskedLM(Objective):
 
     ``[CLS] s1 s2 [SEP] s3 ... [SEP]``: whole sentences up to ``max_length``, a separator
     between documents. Of the maskable tokens (not special, not padding) ``mlm_probability`` are
-    selected (whole words together with ``whole_word``); of those 80% become the mask token, 10% a
-    random token, 10% stay. ``dynamic=False`` keeps one mask for all epochs.
+    selected (whole words together with ``whole_word``); of those ``mask_token_prob`` (80%) become
+    the mask token, ``random_token_prob`` (10%) a random token, the rest stay. ``dynamic=False``
+    keeps one mask for all epochs. ELECTRA's generator input is the same with 85% / 0%.
     """
 
     name = "roberta"
 
     def __init__(self, shards: ShardSet, max_length: int = 512, *, seed: int = 0, mlm_probability: float = 0.15,
-                 whole_word: bool = False, dynamic: bool = True) -> None:
+                 whole_word: bool = False, dynamic: bool = True, mask_token_prob: float = 0.8,
+                 random_token_prob: float = 0.1) -> None:
         super().__init__(shards, max_length, seed)
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        if min(mask_token_prob, random_token_prob) < 0 or mask_token_prob + random_token_prob > 1:
+            raise ValueError(f"mask_token_prob ({mask_token_prob}) and random_token_prob ({random_token_prob}) "
+                             "must be >= 0 and add up to at most 1")
         self.mlm_probability = mlm_probability
+        self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.whole_word = whole_word
         self.dynamic = dynamic
         self.mask_id = self._require("mask")
@@ -235,8 +242,9 @@ class MaskedLM(Objective):
         labels[chosen] = ids[chosen]
         input_ids = ids.copy()
         draw = rng.random(len(chosen))
-        input_ids[chosen[draw < 0.8]] = self.mask_id
-        random_pos = chosen[(draw >= 0.8) & (draw < 0.9)]
+        to_mask, to_random = self.mask_token_prob, self.mask_token_prob + self.random_token_prob
+        input_ids[chosen[draw < to_mask]] = self.mask_id
+        random_pos = chosen[(draw >= to_mask) & (draw < to_random)]
         input_ids[random_pos] = self._random_ids[rng.integers(len(self._random_ids), size=len(random_pos))]
         return input_ids, labels
 
@@ -276,7 +284,7 @@ class SentencePairMLM(MaskedLM):
 
     def __init__(self, shards: ShardSet, max_length: int = 512, *, seed: int = 0, mlm_probability: float = 0.15,
                  whole_word: bool = False, dynamic: bool = False, pair_task: str = "nsp",
-                 short_seq_prob: float = 0.1) -> None:
+                 short_seq_prob: float = 0.1, mask_token_prob: float = 0.8, random_token_prob: float = 0.1) -> None:
         if pair_task not in ("nsp", "sop"):
             raise ValueError(f"pair_task must be 'nsp' or 'sop', got {pair_task!r}")
         if pair_task == "nsp" and shards.num_documents < 2:
@@ -285,7 +293,7 @@ class SentencePairMLM(MaskedLM):
         self.short_seq_prob = short_seq_prob
         self.name = "bert" if pair_task == "nsp" else "albert"
         super().__init__(shards, max_length, seed=seed, mlm_probability=mlm_probability, whole_word=whole_word,
-                         dynamic=dynamic)
+                         dynamic=dynamic, mask_token_prob=mask_token_prob, random_token_prob=random_token_prob)
 
     def _setup(self) -> None:
         self.budget = self.max_length - 3
@@ -449,14 +457,17 @@ OBJECTIVES: dict[str, tuple[type[Objective], dict[str, Any]]] = {
     "bert": (SentencePairMLM, {"pair_task": "nsp"}),
     "albert": (SentencePairMLM, {"pair_task": "sop"}),
     "roberta": (MaskedLM, {}),
+    "electra": (MaskedLM, {}),
     "gpt": (CausalLM, {}),
     "seq2seq": (SpanCorruption, {}),
 }
-ALIASES = {"gpt2": "gpt", "mlm": "roberta", "clm": "gpt", "bart": "seq2seq"}
+DEFAULTS: dict[str, dict[str, Any]] = {"electra": {"mask_token_prob": 0.85, "random_token_prob": 0.0}}
+"""Option defaults that differ from the class's: ELECTRA's generator sees [MASK] or the original token."""
+ALIASES = {"gpt2": "gpt", "mlm": "roberta", "clm": "gpt", "bart": "seq2seq", "rtd": "electra"}
 
 
 def build_objective(name: str, shards: ShardSet, max_length: int, *, seed: int = 0, **options: Any) -> Objective:
-    """The objective ``name`` (bert, albert, roberta, gpt, seq2seq; or a model family: gpt2)
+    """The objective ``name`` (bert, albert, roberta, electra, gpt, seq2seq; or a model family: gpt2)
     over ``shards``. ``options`` are the objective class's keyword arguments; an unknown one is
     an error that lists the valid ones."""
     key = ALIASES.get(name, name)
@@ -469,4 +480,6 @@ def build_objective(name: str, shards: ShardSet, max_length: int, *, seed: int =
     if unknown:
         raise ValueError(f"objective {key!r} has no option {', '.join(map(repr, unknown))}; "
                          f"valid options: {', '.join(valid)}")
-    return cls(shards, max_length, seed=seed, **fixed, **options)
+    built = cls(shards, max_length, seed=seed, **fixed, **{**DEFAULTS.get(key, {}), **options})
+    built.name = key
+    return built

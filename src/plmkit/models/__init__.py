@@ -19,6 +19,7 @@ from plmkit.models.bert import (
     EncoderModel,
 )
 from plmkit.models.checkpoint_io import load_model, read_config, save_model
+from plmkit.models.electra import ElectraForPretraining
 from plmkit.models.encoder_decoder import Seq2SeqLM
 from plmkit.models.gpt import GPTForCausalLM, GPTForSequenceClassification, GPTModel
 from plmkit.models.layers import KVCache
@@ -38,6 +39,11 @@ MODELS: dict[tuple[str, str], type[PretrainedModel]] = {
     ("encoder-decoder", "pretraining"): Seq2SeqLM,
 }
 
+FAMILY_MODELS: dict[tuple[str, str], type[PretrainedModel]] = {
+    ("electra", "pretraining"): ElectraForPretraining,
+}
+"""Where a family's head differs from its shape's (ELECTRA pretrains a generator and a discriminator)."""
+
 TASKS = sorted({task for _, task in MODELS})
 
 
@@ -45,9 +51,9 @@ def build_model(config: ModelConfig, task: str) -> PretrainedModel:
     """A randomly initialized model of `config`'s shape with the head for `task`.
 
     "pretraining" means each shape's own objective: MLM+NSP (BERT), MLM+SOP (ALBERT),
-    MLM (RoBERTa), next-token (GPT), denoising (seq2seq).
+    MLM (RoBERTa), replaced-token detection (ELECTRA), next-token (GPT), denoising (seq2seq).
     """
-    cls = MODELS.get((config.arch, task))
+    cls = FAMILY_MODELS.get((config.family, task)) or MODELS.get((config.arch, task))
     if cls is None:
         valid = [t for a, t in MODELS if a == config.arch]
         raise ConfigError(f"task {task!r} is not available for a {config.arch}; choose from {', '.join(valid)}")
@@ -55,7 +61,7 @@ def build_model(config: ModelConfig, task: str) -> PretrainedModel:
 
 
 def load(directory: str | Path, task: str | None = None, **overrides) -> PretrainedModel:
-    """Load any plmkit or Hugging Face (BERT, RoBERTa, ALBERT, GPT-2) checkpoint directory."""
+    """Load any plmkit or Hugging Face (BERT, RoBERTa, ALBERT, ELECTRA, GPT-2) checkpoint directory."""
     return load_model(directory, task=task, **overrides)
 
 

@@ -31,9 +31,17 @@ class ModelOutput:
     end_logits: Tensor | None = None
     """(B, T) extractive QA span end."""
     hidden_states: Tensor | None = None
-    """(B, T, C) last layer (the decoder's for seq2seq)."""
+    """(B, T, C) last layer (for seq2seq: the encoder's output, the memory the decoder attends to)."""
     mlm_loss: Tensor | None = None
+    """Masked-LM part of a pretraining loss (ELECTRA: the generator's)."""
     seq_loss: Tensor | None = None
+    """Next-sentence / sentence-order part of a pretraining loss."""
+    rtd_loss: Tensor | None = None
+    """ELECTRA: replaced-token-detection loss (mean over real tokens)."""
+    generator_logits: Tensor | None = None
+    """ELECTRA: (N_masked, V) generator logits at the masked positions."""
+    replaced: Tensor | None = None
+    """ELECTRA: (B, T) bool, which input tokens the generator replaced (the RTD targets)."""
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -32,20 +32,25 @@ class MLMHead(nn.Module):
 
 
 class Pooler(nn.Module):
-    """tanh(dense(h[CLS])): the sentence vector of BERT's NSP and classification heads."""
+    """tanh(dense(h[CLS])): the sentence vector of BERT's NSP and classification heads.
+
+    ELECTRA's classification head has the same shape with GELU in place of tanh.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = nn.GELU() if config.family == "electra" else nn.Tanh()
 
     def forward(self, h: Tensor) -> Tensor:
-        return torch.tanh(self.dense(h[:, 0]))  # (B, C)
+        return self.act(self.dense(h[:, 0]))  # (B, C)
 
 
 class EncoderModel(PretrainedModel):
     """Backbone only: hidden states (B, T, C); the base of every encoder head.
 
-    Used on its own it keeps BERT's pooler, so that HF `BertModel` checkpoints round-trip.
+    Used on its own it keeps BERT's pooler, so that HF `BertModel` checkpoints round-trip
+    (ELECTRA's backbone has none).
     """
 
     task = "feature-extraction"
@@ -54,7 +59,7 @@ class EncoderModel(PretrainedModel):
         super().__init__(config)
         self.transformer = Transformer(config, causal=False)
         if type(self) is EncoderModel:  # heads initialize once, after adding their layers
-            self.pooler = Pooler(config)
+            self.pooler = Pooler(config) if config.family != "electra" else None
             self.init_weights()
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,

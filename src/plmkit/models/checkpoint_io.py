@@ -42,6 +42,8 @@ def save_model(model, directory: str | Path, tokenizer=None) -> Path:
     _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(text + "\n", encoding="utf-8"))
     if tokenizer is not None:
         tokenizer.save(out)
+    for attr, sub in getattr(model, "companions", {}).items():  # e.g. ELECTRA's generator in generator/
+        save_model(getattr(model, attr), out / sub)
     return out
 
 
@@ -84,9 +86,11 @@ def load_model(directory: str | Path, task: str | None = None, **overrides):
     from plmkit.models import build_model
 
     cfg, saved_task = read_config(directory)
+    task = task or saved_task
+    if cfg.family == "electra" and task == "pretraining":
+        cfg = _with_generator_size(cfg, Path(directory))
     if overrides:
         cfg = from_dict(ModelConfig, {**cfg.to_dict(), **overrides}, "model")
-    task = task or saved_task
     model = build_model(cfg, task)
     weights = read_weights(directory)
     path = Path(directory) / WEIGHTS_FILE
@@ -96,16 +100,55 @@ def load_model(directory: str | Path, task: str | None = None, **overrides):
         expected = model.state_dict()
         state = {k: v for k, v in weights.items() if k in expected}
         unused = [k for k in weights if k not in expected]
-    _load_checked(model, state, unused, path, task != saved_task)
+    companions = getattr(model, "companions", {})
+    _load_checked(model, state, unused, path, task != saved_task, tuple(f"{a}." for a in companions))
+    for attr, sub in companions.items():
+        _load_companion(model, attr, Path(directory) / sub)
     return model
 
 
-def _load_checked(model, state: dict[str, torch.Tensor], unused: list[str], path: Path, new_task: bool) -> None:
+def _with_generator_size(cfg: ModelConfig, directory: Path) -> ModelConfig:
+    """An ELECTRA config whose generator_size matches the generator saved beside it. plmkit's own
+    config.json records generator_size; a Hugging Face pair does not, so the ratio of the two
+    hidden sizes stands in (the shapes are checked when the generator's weights load)."""
+    from plmkit.models.electra import GENERATOR_DIR
+
+    folder = directory / GENERATOR_DIR
+    if not (folder / CONFIG_FILE).is_file() or "plmkit" in json.loads((directory / CONFIG_FILE).read_text("utf-8")):
+        return cfg
+    generator, _ = read_config(folder)
+    return from_dict(ModelConfig, {**cfg.to_dict(), "generator_size": generator.hidden_size / cfg.hidden_size},
+                     "model")
+
+
+def _load_companion(model, attr: str, folder: Path) -> None:
+    """Load the weights of a model's companion (ELECTRA's generator) from its subfolder, except the
+    tensors it shares with the main model; a missing subfolder leaves it freshly initialized."""
+    companion = getattr(model, attr)
+    if not (folder / CONFIG_FILE).is_file():
+        log.info("%s: no %s saved beside the model; a fresh one is initialized", folder.parent, attr)
+        return
+    saved = load_model(folder, task=companion.task)
+    expected = {k: v.shape for k, v in companion.state_dict().items()}
+    got = {k: v.shape for k, v in saved.state_dict().items()}
+    if expected != got:
+        diff = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        raise ValueError(f"{folder}: the saved {attr} does not match the model's ({', '.join(diff[:4])})")
+    shared = {id(p) for n, p in model.named_parameters() if not n.startswith(f"{attr}.")}
+    own = {n for n, p in companion.named_parameters(remove_duplicate=False) if id(p) not in shared}
+    own |= {n for n, _ in companion.named_buffers()}
+    companion.load_state_dict({k: v for k, v in saved.state_dict().items() if k in own}, strict=False)
+
+
+def _load_checked(model, state: dict[str, torch.Tensor], unused: list[str], path: Path, new_task: bool,
+                  elsewhere: tuple[str, ...] = ()) -> None:
+    """Load `state` into `model`; tensors under the `elsewhere` prefixes are saved in other files."""
     expected = model.state_dict()
     for k, v in state.items():
         if k in expected and expected[k].shape != v.shape:
             raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the config expects {tuple(expected[k].shape)}")
-    missing = [k for k in expected if k not in state and k not in model.tied_parameter_names()]
+    tied = model.tied_parameter_names()
+    missing = [k for k in expected if k not in state and k not in tied and not k.startswith(elsewhere)]
     backbone_missing = [k for k in missing if k.startswith(_BACKBONE_ROOTS)]
     if backbone_missing or (missing and not new_task):
         raise ValueError(f"{path}: missing tensors {(backbone_missing or missing)[:8]} (of {len(missing)})")

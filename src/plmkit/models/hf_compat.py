@@ -18,8 +18,8 @@ import torch
 
 from plmkit.config import ConfigError, ModelConfig, from_dict
 
-HF_FAMILIES = ("bert", "roberta", "albert", "gpt2")
-PREFIX = {"bert": "bert", "roberta": "roberta", "albert": "albert", "gpt2": "transformer"}
+HF_FAMILIES = ("bert", "roberta", "albert", "electra", "gpt2")
+PREFIX = {"bert": "bert", "roberta": "roberta", "albert": "albert", "electra": "electra", "gpt2": "transformer"}
 
 _CLASS_SUFFIX = {
     "pretraining": "ForPreTraining",
@@ -30,7 +30,7 @@ _CLASS_SUFFIX = {
     "feature-extraction": "Model",
     "causal-lm": "LMHeadModel",
 }
-_CLASS_STEM = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "gpt2": "GPT2"}
+_CLASS_STEM = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "gpt2": "GPT2"}
 
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -101,6 +101,13 @@ def _bert_backbone(cfg: ModelConfig, p: str) -> list[Rule]:
     return rules
 
 
+def _electra_backbone(cfg: ModelConfig, p: str) -> list[Rule]:
+    rules = _bert_backbone(cfg, p)
+    if (cfg.embedding_size or cfg.hidden_size) != cfg.hidden_size:
+        rules += _pair("transformer.emb.proj", f"{p}.embeddings_project")
+    return rules
+
+
 def _albert_backbone(cfg: ModelConfig, p: str) -> list[Rule]:
     rules = _embedding_rules(cfg, p) + _pair("transformer.emb.proj", f"{p}.encoder.embedding_hidden_mapping_in")
     for g in range(1 if cfg.share_layers else cfg.num_layers):
@@ -137,6 +144,20 @@ def _mlm_rules(family: str) -> list[Rule]:
             + [Rule("mlm.bias", (f"{stem}.bias",)), Rule("mlm.decoder.weight", (f"{stem}.decoder.weight",))])
 
 
+def _electra_head_rules(task: str) -> list[Rule]:
+    """ELECTRA's discriminator (pretraining), generator (masked-lm) and task heads."""
+    if task == "pretraining":
+        return _pair("rtd.dense", "discriminator_predictions.dense") + _pair(
+            "rtd.out", "discriminator_predictions.dense_prediction")
+    if task == "masked-lm":
+        return (_pair("mlm.dense", "generator_predictions.dense") + _pair("mlm.norm", "generator_predictions.LayerNorm")
+                + _pair("mlm.decoder", "generator_lm_head")[:1] + [Rule("mlm.bias", ("generator_lm_head.bias",))])
+    if task == "sequence-classification":
+        return _pair("pooler.dense", "classifier.dense") + _pair("classifier", "classifier.out_proj")
+    return {"token-classification": _pair("classifier", "classifier"),
+            "question-answering": _pair("qa_outputs", "qa_outputs")}.get(task, [])
+
+
 def _pooler_rules(family: str, task: str, p: str) -> list[Rule]:
     if family == "roberta" and task != "feature-extraction":
         return _pair("pooler.dense", "classifier.dense") if task == "sequence-classification" else []
@@ -144,6 +165,8 @@ def _pooler_rules(family: str, task: str, p: str) -> list[Rule]:
 
 
 def _head_rules(family: str, task: str, p: str) -> list[Rule]:
+    if family == "electra":
+        return _electra_head_rules(task)
     if family == "gpt2":
         return {"causal-lm": [Rule("lm_head.weight", ("lm_head.weight",))],
                 "sequence-classification": [Rule("score.weight", ("score.weight",))]}.get(task, [])
@@ -170,7 +193,7 @@ def _head_rules(family: str, task: str, p: str) -> list[Rule]:
 def rules_for(cfg: ModelConfig, task: str) -> list[Rule]:
     p = PREFIX[cfg.family]
     backbone = {"bert": _bert_backbone, "roberta": _bert_backbone, "albert": _albert_backbone,
-                "gpt2": _gpt2_backbone}[cfg.family]
+                "electra": _electra_backbone, "gpt2": _gpt2_backbone}[cfg.family]
     return backbone(cfg, p) + _head_rules(cfg.family, task, p)
 
 
@@ -205,7 +228,8 @@ def from_hf_state(hf: dict[str, Tensor], cfg: ModelConfig, task: str) -> tuple[d
     return ours, unused
 
 
-_HEAD_ROOTS = {"cls", "lm_head", "predictions", "sop_classifier", "classifier", "qa_outputs", "score"}
+_HEAD_ROOTS = {"cls", "lm_head", "predictions", "sop_classifier", "classifier", "qa_outputs", "score",
+               "discriminator_predictions", "generator_predictions", "generator_lm_head"}
 
 
 # --------------------------------------------------------------------------- config.json
@@ -251,9 +275,10 @@ def _encoder_fields(cfg: ModelConfig) -> dict[str, Any]:
              attention_probs_dropout_prob=cfg.attention_dropout, max_position_embeddings=cfg.max_positions,
              type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps,
              classifier_dropout=cfg.classifier_dropout)
+    if cfg.family in ("albert", "electra"):
+        d["embedding_size"] = cfg.embedding_size or cfg.hidden_size
     if cfg.family == "albert":
-        d.update(embedding_size=cfg.embedding_size or cfg.hidden_size,
-                 num_hidden_groups=1 if cfg.share_layers else cfg.num_layers, inner_group_num=1)
+        d.update(num_hidden_groups=1 if cfg.share_layers else cfg.num_layers, inner_group_num=1)
     return d
 
 
@@ -300,6 +325,8 @@ def _encoder_from_hf(d: dict[str, Any], kind: str) -> dict[str, Any]:
                   classifier_dropout=d.get("classifier_dropout"))
     if kind == "roberta":
         fields["position_offset"] = pad + 1
+    if kind == "electra":
+        fields["embedding_size"] = d.get("embedding_size", d["hidden_size"])
     if kind == "albert":
         groups, layers = d.get("num_hidden_groups", 1), d["num_hidden_layers"]
         if groups not in (1, layers) or d.get("inner_group_num", 1) != 1:

@@ -25,7 +25,8 @@ from plmkit.data.tokenizer import Tokenizer
 from plmkit.models import build_model, load
 from plmkit.train.loop import TrainConfig, TrainResult, train
 
-OBJECTIVE_OF_FAMILY = {"bert": "bert", "albert": "albert", "roberta": "roberta", "gpt2": "gpt", "seq2seq": "seq2seq"}
+OBJECTIVE_OF_FAMILY = {"bert": "bert", "albert": "albert", "roberta": "roberta", "electra": "electra", "gpt2": "gpt",
+                       "seq2seq": "seq2seq"}
 
 
 @dataclass
@@ -35,7 +36,8 @@ class DataConfig:
     path: str = ""
     """Shard folder written by `plmkit prepare`."""
     objective: str | None = None
-    """bert (MLM+NSP), albert (MLM+SOP), roberta (dynamic MLM), gpt (CLM), seq2seq (infilling); None = by model family."""
+    """bert (MLM+NSP), albert (MLM+SOP), roberta (dynamic MLM), electra (replaced-token detection), gpt (CLM),
+    seq2seq (infilling); None = by model family."""
     max_length: int = 128
     """Tokens per example (special tokens included)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -78,33 +80,54 @@ def _fit_model_to_tokenizer(cfg: ModelConfig, shards: ShardSet) -> ModelConfig:
 
 
 def make_eval_fn(cfg: PretrainConfig, objective: str):
-    """Held-out MLM / NSP accuracy, loss and perplexity over a fixed set of examples."""
+    """Held-out MLM / NSP accuracy, loss and perplexity over a fixed set of examples (ELECTRA: the
+    generator's MLM loss as eval_loss, and the discriminator's replaced-token detection)."""
     if cfg.data.eval_examples <= 0:
         return None
     held_out = open_eval(cfg.data.path, objective, max_length=cfg.data.max_length, seed=cfg.train.seed,
                          **cfg.data.options)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        totals = dict(loss=0.0, n=0.0, correct=0.0, seq_correct=0.0, seq_n=0.0)
+        totals = dict.fromkeys(("loss", "n", "correct", "seq_correct", "seq_n", "rtd_loss", "rtd_correct", "rtd_n",
+                                "replaced", "caught"), 0.0)
         device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.train.seed)  # ELECTRA samples: the same draws at every evaluation,
+            return _evaluate(model, device, totals)  # and the training RNG is left untouched
+
+    def _evaluate(model: torch.nn.Module, device: torch.device, totals: dict[str, float]) -> dict[str, float]:
         for batch in eval_batches(held_out, cfg.train.batch_size, limit=cfg.data.eval_examples):
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(**batch)
-            n = float(out.n_targets)
+            labels = batch.get("labels")
+            masked = labels[labels != -100] if labels is not None else None
+            n = float(out.n_targets) if out.rtd_loss is None else float(masked.numel())
             totals["loss"] += float(out.mlm_loss if out.mlm_loss is not None else out.loss) * n
             totals["n"] += n
             if out.mlm_loss is not None:  # MLM logits are (N_masked, V) at the labelled positions
-                picked = batch["labels"][batch["labels"] != -100]
-                totals["correct"] += float((out.logits.argmax(-1) == picked).sum())
+                mlm_logits = out.generator_logits if out.rtd_loss is not None else out.logits
+                totals["correct"] += float((mlm_logits.argmax(-1) == masked).sum())
             if out.seq_logits is not None and "next_sentence_label" in batch:
                 totals["seq_correct"] += float((out.seq_logits.argmax(-1) == batch["next_sentence_label"]).sum())
                 totals["seq_n"] += batch["next_sentence_label"].numel()
+            if out.rtd_loss is not None:  # ELECTRA: how well the discriminator spots replaced tokens
+                real = batch["attention_mask"].bool()
+                guess = out.logits > 0
+                totals["rtd_loss"] += float(out.rtd_loss) * float(real.sum())
+                totals["rtd_correct"] += float((guess == out.replaced)[real].sum())
+                totals["rtd_n"] += float(real.sum())
+                totals["replaced"] += float(out.replaced[real].sum())
+                totals["caught"] += float((guess & out.replaced)[real].sum())
         loss = totals["loss"] / max(totals["n"], 1.0)
         metrics = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
-        if objective in ("bert", "albert", "roberta"):
+        if objective in ("bert", "albert", "roberta", "electra"):
             metrics["mlm_accuracy"] = totals["correct"] / max(totals["n"], 1.0)
         if totals["seq_n"]:
             metrics["nsp_accuracy" if objective == "bert" else "sop_accuracy"] = totals["seq_correct"] / totals["seq_n"]
+        if totals["rtd_n"]:
+            metrics["rtd_loss"] = totals["rtd_loss"] / totals["rtd_n"]
+            metrics["rtd_accuracy"] = totals["rtd_correct"] / totals["rtd_n"]
+            metrics["rtd_recall"] = totals["caught"] / max(totals["replaced"], 1.0)
         return metrics
 
     return evaluate
