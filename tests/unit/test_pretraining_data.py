@@ -406,3 +406,40 @@ def test_batches_feed_the_pretraining_models(wiki: Path, objective: str, arch: s
     out = model(**batch)
     targets = (batch["labels"] != -100).sum() - (len(batch["labels"]) if objective == "gpt" else 0)  # GPT shifts
     assert torch.isfinite(out.loss) and out.n_targets == targets
+
+
+# ---- several corpora mixed by weight -----------------------------------------------------------------
+
+
+def test_mixture_weights_are_passes_per_epoch(wiki: Path, tmp_path: Path, shared_data: Path) -> None:
+    from plmkit.data.loader import open_objective
+    from plmkit.data.pretraining import Mixture
+
+    domain = prepare(first_lines(shared_data / "sst2" / "dev.tsv", tmp_path, 200),
+                     shared_data / "vocab" / "bert-base-uncased-vocab.txt", tmp_path / "sst", column="sentence",
+                     holdout=0.0, progress=False)
+    general = build_objective("roberta", ShardSet.open(wiki), max_length=64)
+    small = build_objective("roberta", ShardSet.open(domain), max_length=64)
+    mix = open_objective([(wiki, 0.5), (domain, 3)], "train", "roberta", max_length=64)
+    assert isinstance(mix, Mixture) and len(mix) == round(0.5 * len(general)) + 3 * len(small)
+    seen = [mix.source_of(i) for i in range(len(mix))]
+    from_domain = [(j, r) for s, j, r in seen if s == 1]
+    assert sorted(from_domain) == [(j, r) for j in range(len(small)) for r in range(3)]  # every example, 3 times
+    halves = {j for s, j, _ in seen if s == 0}
+    assert len(halves) == round(0.5 * len(general))  # half of the general examples, each once
+    first = [mix.source_of(i)[0] for i in range(100)]
+    assert 0 < sum(first) < 100  # the first examples (an evaluation limit) sample both sources
+    repeats = [i for i, (s, j, _) in enumerate(seen) if s == 1 and j == 0]
+    masks = [mix.example(i)["labels"].tolist() for i in repeats]
+    assert len({tuple(m) for m in masks}) > 1  # each pass draws its own mask
+    assert mix.batch(range(8))["input_ids"].shape[0] == 8
+
+
+def test_mixture_refuses_shards_of_another_tokenizer(wiki: Path, tmp_path: Path, shared_data: Path) -> None:
+    from plmkit.data.loader import open_objective
+
+    other = prepare(first_lines(shared_data / "sst2" / "dev.tsv", tmp_path, 100),
+                    shared_data / "vocab" / "bert-base-chinese-vocab.txt", tmp_path / "zh", column="sentence",
+                    holdout=0.0, progress=False)
+    with pytest.raises(ValueError, match="different tokenizers"):
+        open_objective([(wiki, 1), (other, 1)], "train", "roberta", max_length=64)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from plmkit.data.pretraining import Objective, build_objective
+from plmkit.data.pretraining import Mixture, Objective, build_objective
 from plmkit.data.shards import ShardSet
 
 Batch = dict[str, torch.Tensor]
@@ -168,18 +168,39 @@ def eval_batches(objective: Objective, batch_size: int, *, rank: int = 0, world_
         yield objective.batch(mine[start : start + batch_size], 0)
 
 
-def open_stream(path: str | Path, objective: str, *, max_length: int, batch_size: int, seed: int = 0,
+Sources = str | Path | Sequence[tuple[str | Path, float]]
+"""One shard folder, or several as (folder, weight) pairs (see `plmkit.data.pretraining.Mixture`)."""
+
+
+def open_objective(sources: Sources, split: str, objective: str, *, max_length: int, seed: int = 0,
+                   **options: Any) -> Objective:
+    """``objective`` over one split of one shard folder, or of several mixed by weight."""
+    pairs = [(sources, 1.0)] if isinstance(sources, (str, Path)) else list(sources)
+    parts, weights = [], []
+    for path, weight in pairs:
+        shards = ShardSet.open(path, split)
+        if shards.num_documents == 0:
+            if split == "eval":
+                raise ValueError(f"{path}: the eval split is empty; prepare the shards with --holdout > 0")
+            raise ValueError(f"{path}: the {split} split is empty")
+        parts.append(build_objective(objective, shards, max_length, seed=seed, **options))
+        weights.append(weight)
+    if len(parts) == 1 and weights[0] == 1.0:
+        return parts[0]
+    return Mixture(parts, weights, seed=seed)
+
+
+def open_stream(sources: Sources, objective: str, *, max_length: int, batch_size: int, seed: int = 0,
                 rank: int = 0, world_size: int = 1, prefetch: int = 2, **options: Any) -> PretrainingStream:
-    """The training stream of a shard folder: ``objective`` (bert, albert, roberta, gpt, seq2seq)
-    over its train split; ``options`` go to the objective (e.g. ``whole_word=True``)."""
-    shards = ShardSet.open(path, "train")
-    built = build_objective(objective, shards, max_length, seed=seed, **options)
+    """The training stream of one shard folder, or several mixed by weight: ``objective`` (bert,
+    albert, roberta, electra, gpt, seq2seq) over the train split; ``options`` go to the objective
+    (e.g. ``whole_word=True``)."""
+    built = open_objective(sources, "train", objective, max_length=max_length, seed=seed, **options)
     return PretrainingStream(built, batch_size, seed=seed, rank=rank, world_size=world_size, prefetch=prefetch)
 
 
-def open_eval(path: str | Path, objective: str, *, max_length: int, seed: int = 0, **options: Any) -> Objective:
-    """The objective over the held-out split of a shard folder (for :func:`eval_batches`)."""
-    shards = ShardSet.open(path, "eval")
-    if shards.num_documents == 0:
-        raise ValueError(f"{path}: the eval split is empty; prepare the shards with --holdout > 0")
-    return build_objective(objective, shards, max_length, seed=seed, **options)
+def open_eval(sources: Sources, objective: str, *, max_length: int, seed: int = 0, **options: Any) -> Objective:
+    """The objective over the held-out split of the shard folder(s) (for :func:`eval_batches`); several
+    sources are mixed with weight 1 each (every held-out example once)."""
+    pairs = [(sources, 1.0)] if isinstance(sources, (str, Path)) else [(path, 1.0) for path, _ in sources]
+    return open_objective(pairs, "eval", objective, max_length=max_length, seed=seed, **options)

@@ -451,6 +451,57 @@ class SpanCorruption(Objective):
 
 
 # ---------------------------------------------------------------------------------------------
+# Several corpora
+
+
+class Mixture(Objective):
+    """One objective over several shard folders (a general corpus and in-domain text, say), each
+    weighted: per epoch source ``i`` contributes ``round(weight_i * len_i)`` examples, so weight 4 is
+    four passes over a small domain corpus and 0.5 a random half of a large one (a fixed half: the
+    examples are taken from a per-source permutation). Repeats of an example get their own masks
+    where the objective is dynamic. Examples are listed in a fixed shuffled order, so the first N
+    (an evaluation limit) are a sample of every source.
+    """
+
+    def __init__(self, parts: Sequence[Objective], weights: Sequence[float], seed: int = 0) -> None:
+        if not parts or len(parts) != len(weights):
+            raise ValueError(f"a mixture needs one weight per source, got {len(parts)} sources and {len(weights)} weights")
+        first = parts[0].shards
+        for part in parts[1:]:
+            if (part.shards.meta["tokenizer"].get("fingerprint") != first.meta["tokenizer"].get("fingerprint")
+                    or part.shards.vocab_size != first.vocab_size):
+                raise ValueError(f"{part.shards.path} and {first.path} were tokenized with different tokenizers; "
+                                 "prepare every source with the same one")
+        if any(w <= 0 for w in weights):
+            raise ValueError(f"mixture weights must be positive, got {list(weights)}")
+        self.parts, self.weights = list(parts), [float(w) for w in weights]
+        self.shards, self.seed, self.max_length = first, seed, parts[0].max_length
+        self.specials, self.pad_id, self.name = parts[0].specials, parts[0].pad_id, parts[0].name
+        self.dynamic = any(p.dynamic for p in parts)
+        self.counts = [max(1, round(w * len(p))) for p, w in zip(self.parts, self.weights)]
+        self.offsets = np.cumsum([0, *self.counts])
+        rng = np.random.default_rng([seed, _EXAMPLE_SALT, 2])
+        self._source_orders = [rng.permutation(len(p)) for p in self.parts]
+        self._order = rng.permutation(int(self.offsets[-1]))
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def source_of(self, index: int) -> tuple[int, int, int]:
+        """(source, example of that source, repeat) of mixture example ``index``."""
+        self._check(index)
+        k = int(self._order[index])
+        i = int(np.searchsorted(self.offsets, k, "right")) - 1
+        repeat, j = divmod(k - int(self.offsets[i]), len(self.parts[i]))
+        return i, int(self._source_orders[i][j]), repeat
+
+    def example(self, index: int, epoch: int = 0) -> Example:
+        i, j, repeat = self.source_of(index)
+        passes = -(-self.counts[i] // len(self.parts[i]))  # ceil: repeats per epoch
+        return self.parts[i].example(j, epoch * passes + repeat)
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 
 OBJECTIVES: dict[str, tuple[type[Objective], dict[str, Any]]] = {

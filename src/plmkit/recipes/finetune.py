@@ -66,6 +66,11 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, help="early stopping: dev evaluations without improvement")
     parser.add_argument("--epochs", type=float, help="passes over the training data (sets train.max_steps)")
     parser.add_argument("--resume", help="'auto' or a checkpoint path")
+    parser.add_argument("--adapt-steps", type=int, metavar="N",
+                        help="task-adaptive pretraining: first continue pretraining the checkpoint for N steps on "
+                             "the training texts (labels unused) and --adapt-file texts (sets adapt.steps)")
+    parser.add_argument("--adapt-file", dest="adapt_files", action="append", default=[], metavar="FILE",
+                        help="unlabelled in-domain text to adapt on as well (repeatable; sets adapt.files)")
 
 
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +84,11 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         data["class_weights"] = True
     if args.task == "translation":
         data.setdefault("kind", "translation")
+    if args.adapt_steps is not None or args.adapt_files:
+        adapt = data.setdefault("adapt", {})
+        if args.adapt_steps is not None:
+            adapt["steps"] = args.adapt_steps
+        adapt["files"] = [*adapt.get("files", []), *args.adapt_files]
     return apply_overrides(data, args.overrides)
 
 

@@ -30,11 +30,29 @@ OBJECTIVE_OF_FAMILY = {"bert": "bert", "albert": "albert", "roberta": "roberta",
 
 
 @dataclass
+class MixSource:
+    """One more shard folder to pretrain on, beside data.path."""
+
+    path: str
+    """Shard folder written by `plmkit prepare` with the same tokenizer as data.path."""
+    weight: float = 1.0
+    """Passes over this folder per epoch (4 = four times, 0.5 = half of it)."""
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ConfigError(f"data.mix: weight of {self.path} must be positive, got {self.weight}")
+
+
+@dataclass
 class DataConfig:
     """Where the token shards are and how examples are cut from them."""
 
     path: str = ""
     """Shard folder written by `plmkit prepare`."""
+    weight: float = 1.0
+    """Passes over data.path per epoch when other folders are mixed in (see mix)."""
+    mix: list[MixSource] = field(default_factory=list)
+    """More shard folders (e.g. in-domain text beside a general corpus), each with its weight."""
     objective: str | None = None
     """bert (MLM+NSP), albert (MLM+SOP), roberta (dynamic MLM), electra (replaced-token detection), gpt (CLM),
     seq2seq (infilling); None = by model family."""
@@ -79,12 +97,17 @@ def _fit_model_to_tokenizer(cfg: ModelConfig, shards: ShardSet) -> ModelConfig:
     return from_dict(ModelConfig, values, "model")
 
 
+def sources(data: DataConfig) -> list[tuple[str, float]]:
+    """(shard folder, weight) of data.path and every data.mix entry."""
+    return [(data.path, data.weight)] + [(m.path, m.weight) for m in data.mix]
+
+
 def make_eval_fn(cfg: PretrainConfig, objective: str):
     """Held-out MLM / NSP accuracy, loss and perplexity over a fixed set of examples (ELECTRA: the
     generator's MLM loss as eval_loss, and the discriminator's replaced-token detection)."""
     if cfg.data.eval_examples <= 0:
         return None
-    held_out = open_eval(cfg.data.path, objective, max_length=cfg.data.max_length, seed=cfg.train.seed,
+    held_out = open_eval(sources(cfg.data), objective, max_length=cfg.data.max_length, seed=cfg.train.seed,
                          **cfg.data.options)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -149,7 +172,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
     else:
         torch.manual_seed(cfg.train.seed)
         model = build_model(model_cfg, "pretraining")
-    stream = open_stream(cfg.data.path, objective, max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
+    stream = open_stream(sources(cfg.data), objective, max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, prefetch=cfg.data.prefetch, **cfg.data.options)
     return train(model, stream, cfg.train, out_dir, eval_fn=make_eval_fn(cfg, objective), resume=resume,
                  tokenizer=tokenizer)
@@ -158,11 +181,23 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
 def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="bert-mini", help="preset name or YAML file (default: bert-mini)")
     parser.add_argument("--data", help="shard folder (same as --set data.path=...)")
+    parser.add_argument("--mix", action="append", default=[], metavar="DIR=WEIGHT",
+                        help="another shard folder to pretrain on, with its passes per epoch, e.g. "
+                             "--mix domain-shards/=4 (repeatable; same tokenizer as --data)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. train.lr=1e-3 or model.num_layers=6 (repeatable)")
     parser.add_argument("--init-from", help="continue pretraining from this checkpoint directory")
     parser.add_argument("--resume", help="'auto' (newest complete checkpoint in -o) or a checkpoint folder")
     parser.add_argument("-o", "--output", required=True, help="run directory")
+
+
+def _mix_source(item: str) -> MixSource:
+    """--mix DIR=WEIGHT (or DIR, weight 1)."""
+    path, _, weight = item.rpartition("=") if "=" in item else (item, "", "1")
+    try:
+        return MixSource(path=path, weight=float(weight))
+    except ValueError:
+        raise ConfigError(f"--mix {item}: expected DIR=WEIGHT with a number, e.g. domain-shards/=4") from None
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -172,6 +207,7 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.init_from:
         overrides.append(f"init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
+    cfg.data.mix += [_mix_source(item) for item in args.mix]
     result = pretrain(cfg, args.output, resume=args.resume)
     last = result.eval_history[-1] if result.eval_history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")

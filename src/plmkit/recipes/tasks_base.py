@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from torch import nn
 from plmkit.config import ConfigError, ModelConfig, from_dict, load_yaml, preset_names
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.models import PretrainedModel, build_model, load, read_config
+from plmkit.recipes.adapt import AdaptConfig, adapted_model
 from plmkit.recipes.batches import FeatureBatches, forward_keys, sorted_batches
 from plmkit.train.checkpoint import resolve_resume
 from plmkit.train.distributed import export_pretrained, init_distributed
@@ -92,6 +93,9 @@ class FinetuneConfig:
     """"auto" (newest checkpoint in out, if any) or a checkpoint path."""
     train: TrainConfig = field(default_factory=default_train)
     """The training loop's settings (train.lr, train.max_steps, train.batch_size, ...)."""
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    """Task-adaptive pretraining on the training texts before fine-tuning (adapt.steps > 0; see
+    plmkit.recipes.adapt)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_fraction <= 1.0:
@@ -204,10 +208,16 @@ def scratch_config(cfg: FinetuneConfig, tokenizer: Tokenizer, changes: Mapping[s
     return from_dict(ModelConfig, {**base, **cfg.model_overrides, **changes}, "model")
 
 
-def load_model(cfg: FinetuneConfig, head: str, tokenizer: Tokenizer, **changes: Any) -> PretrainedModel:
+def load_model(cfg: FinetuneConfig, head: str, tokenizer: Tokenizer, adapt_texts: Iterable[str] | None = None,
+               **changes: Any) -> PretrainedModel:
     """The model to fine-tune with head `head`: loaded from a checkpoint (new head starts fresh)
-    or built from a preset; `changes` are ModelConfig fields the task needs (labels). New
-    weights are drawn after seeding torch with train.seed, so a run is repeatable."""
+    or built from a preset; `changes` are ModelConfig fields the task needs (labels). With
+    cfg.adapt.steps, the checkpoint is first adapted on `adapt_texts` (the task's unlabelled
+    training texts). New weights are drawn after seeding torch with train.seed, so a run is repeatable."""
+    if cfg.adapt.steps:
+        if adapt_texts is None:
+            raise ConfigError("task-adaptive pretraining (adapt.steps) is available for classification, ner and qa")
+        cfg = adapted_model(cfg, adapt_texts)
     torch.manual_seed(cfg.train.seed)
     path = Path(cfg.model)
     if not path.is_dir() or cfg.from_scratch:

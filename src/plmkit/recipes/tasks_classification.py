@@ -125,11 +125,12 @@ def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = 
     """
     cfg = parse_config(ClassificationConfig, cfg, **fields)
     tokenizer = load_tokenizer(cfg)
-    train_examples = subsample(read_examples(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
-                               cfg.train.seed)
+    every_example = subsample(read_examples(cfg, cfg.train_file), cfg.max_train_examples)
+    train_examples = subsample(every_example, None, cfg.train_fraction, cfg.train.seed)
     dev = subsample(read_examples(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
     labels = label_map_for(cfg, train_examples + dev)
-    model = load_model(cfg, HEAD, tokenizer, id2label=dict(enumerate(labels.id2label)),
+    texts = (e.text if e.pair is None else f"{e.text}\n{e.pair}" for e in every_example)
+    model = load_model(cfg, HEAD, tokenizer, texts, id2label=dict(enumerate(labels.id2label)),
                        problem_type="single_label")
     features = encode_classification(train_examples, tokenizer, labels,
                                      max_length=min(cfg.max_length, position_limit(model)))

@@ -124,11 +124,13 @@ def finetune_ner(cfg: NERConfig | dict[str, Any] | None = None, **fields: Any) -
     """
     cfg = parse_config(NERConfig, cfg, **fields)
     tokenizer = load_tokenizer(cfg)
-    train_sentences = subsample(read_sentences(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
-                                cfg.train.seed)
+    every_sentence = subsample(read_sentences(cfg, cfg.train_file), cfg.max_train_examples)
+    train_sentences = subsample(every_sentence, None, cfg.train_fraction, cfg.train.seed)
     dev = subsample(read_sentences(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
     tags = tag_map_for(cfg, train_sentences + dev)
-    model = load_model(cfg, HEAD, tokenizer, id2label=dict(enumerate(tags.id2label)), problem_type="single_label")
+    texts = (" ".join(s.words) for s in every_sentence)
+    model = load_model(cfg, HEAD, tokenizer, texts, id2label=dict(enumerate(tags.id2label)),
+                       problem_type="single_label")
     features = encode_ner(train_sentences, tokenizer, tags, max_length=min(cfg.max_length, position_limit(model)),
                           label_all_subtokens=cfg.label_all_subtokens)
 

@@ -96,9 +96,10 @@ def finetune_qa(cfg: QAConfig | dict[str, Any] | None = None, **fields: Any) -> 
     """
     cfg = parse_config(QAConfig, cfg, **fields)
     tokenizer = load_tokenizer(cfg)
-    questions = subsample(read_questions(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
-                          cfg.train.seed)
-    model = load_model(cfg, HEAD, tokenizer)
+    every_question = subsample(read_questions(cfg, cfg.train_file), cfg.max_train_examples)
+    questions = subsample(every_question, None, cfg.train_fraction, cfg.train.seed)
+    texts = [*dict.fromkeys(q.context for q in every_question), *(q.question for q in every_question)]
+    model = load_model(cfg, HEAD, tokenizer, texts)
     features = encode_qa(questions, tokenizer, max_length=min(cfg.max_length, position_limit(model)),
                          stride=cfg.doc_stride, max_query_length=cfg.max_query_length, with_labels=True)
     dev = subsample(read_questions(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
