@@ -238,3 +238,21 @@ def test_stream_without_labels_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="no loss"):
         train(tiny_gpt(), NoLabels(4), quiet(), tmp_path)
+
+
+def test_layer_wise_lr_decay_scales_each_depth():
+    model = build_model(model_config("bert-tiny", ["num_layers=3", "hidden_size=32", "num_heads=2",
+                                                   "intermediate_size=64", "vocab_size=50"]),
+                        "sequence-classification")
+    flat = build_optimizer(model, lr=1e-3, weight_decay=0.01, fused=False)
+    assert {g["lr"] for g in flat.param_groups} == {1e-3}
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.01, fused=False, layer_decay=0.5)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    lr_of = {n: by_id[id(p)]["lr"] for n, p in model.named_parameters()}
+    assert lr_of["classifier.weight"] == lr_of["pooler.dense.weight"] == 1e-3
+    assert lr_of["transformer.blocks.2.mlp.fc.weight"] == pytest.approx(5e-4)
+    assert lr_of["transformer.blocks.0.attn.qkv.weight"] == pytest.approx(1.25e-4)
+    assert lr_of["transformer.emb.tok.weight"] == pytest.approx(6.25e-5)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(p) for g in flat.param_groups if g["weight_decay"] > 0 for p in g["params"]}

@@ -44,7 +44,7 @@ from plmkit.train.distributed import (
     shard_stream,
 )
 from plmkit.train.metrics_log import METRICS_FILE, MetricsLog, plot_loss_curve
-from plmkit.train.optim import build_optimizer, lr_at
+from plmkit.train.optim import build_optimizer, lr_at, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class TrainConfig:
     """AdamW (beta1, beta2)."""
     eps: float = 1e-8
     """AdamW epsilon."""
+    layer_decay: float = 1.0
+    """Layer-wise LR decay for fine-tuning: the head and top block train at lr, each block below at
+    layer_decay times the one above, the embeddings slowest; 1.0 = one rate for all."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """fp32, or bf16 autocast for the forward pass (weights and optimizer state stay fp32)."""
     eval_every: int = 0
@@ -116,6 +119,8 @@ class TrainConfig:
         for name in at_least_zero:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.clip_norm is not None and self.clip_norm < 0:
@@ -250,7 +255,8 @@ class _Trainer:
         self.inner = model.to(self.env.device)
         self.model = parallelize(self.inner, self.env, cfg.parallel)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = build_optimizer(self.inner, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.fused_adamw)
+        self.optimizer = build_optimizer(self.inner, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.fused_adamw,
+                                         cfg.layer_decay)
         self.params = [p for p in self.inner.parameters() if p.requires_grad]
         self.log = MetricsLog(out_dir, enabled=self.env.is_main)
         self.progress = _Progress()
@@ -362,8 +368,7 @@ class _Trainer:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.handle_nonfinite(step, loss, norm)
             return _StepStats(loss, norm, lr, int(tokens), skipped=True)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return _StepStats(loss, norm, lr, int(tokens), skipped=False)

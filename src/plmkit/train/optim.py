@@ -75,15 +75,36 @@ def split_decay(model: nn.Module) -> tuple[list[str], list[str]]:
     return decay, no_decay
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW parameter groups: {"params", "weight_decay", "names"} with and without decay."""
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter in a plmkit model: 0 for the embeddings, i + 1 for block i, num_layers + 1
+    for everything above the blocks (final norm, pooler, task heads)."""
+    parts = name.split(".")
+    if "emb" in parts:
+        return 0
+    if "blocks" in parts:
+        index = parts[parts.index("blocks") + 1]
+        if index.isdigit():
+            return int(index) + 1
+    return num_layers + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups {"params", "weight_decay", "lr_scale", "names"}: with and without decay,
+    and with layer_decay < 1 one pair per depth, the LR scaled by layer_decay ** (top - depth) so
+    the head and top block learn at the full rate and the embeddings slowest (layer-wise LR decay)."""
     decay, no_decay = split_decay(model)
     params = dict(model.named_parameters())
-    groups = [
-        {"params": [params[n] for n in decay], "weight_decay": weight_decay, "names": decay},
-        {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "names": no_decay},
-    ]
-    return [g for g in groups if g["params"]]
+    num_layers = int(getattr(getattr(model, "config", None), "num_layers", 0) or 0)
+    top = num_layers + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for names, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        for n in names:
+            depth = layer_depth(n, num_layers) if layer_decay != 1.0 else top
+            group = groups.setdefault((depth, wd > 0), {"params": [], "weight_decay": wd, "names": [],
+                                                        "lr_scale": layer_decay ** (top - depth)})
+            group["params"].append(params[n])
+            group["names"].append(n)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[1], k[0]))]
 
 
 def fused_supported(params: list[torch.Tensor]) -> bool:
@@ -100,14 +121,16 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     fused: bool | Literal["auto"] = "auto",
+    layer_decay: float = 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters, decay only where `split_decay` says.
+    """AdamW over `model`'s trainable parameters, decay only where `split_decay` says, each group's
+    LR scaled by its "lr_scale" (layer-wise decay, see `param_groups`; set the rate with `set_lr`).
 
     `fused="auto"` uses torch's fused kernel (one kernel for all parameters, on CPU and GPU)
     when the parameters allow it; True demands it, False uses the multi-tensor path. Build
     the optimizer after moving the model to its device and wrapping it for parallelism.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, layer_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     for g in groups:
@@ -118,4 +141,12 @@ def build_optimizer(
         devices = sorted({f"{p.device.type}/{p.dtype}" for p in params})
         raise ValueError(f"fused_adamw=true is not supported for parameters on {', '.join(devices)}")
     kwargs = {"fused": True} if use_fused else {"foreach": None}
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+    set_lr(optimizer, lr)
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The rate of every group: `lr` times the group's "lr_scale" (1 without layer-wise decay)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
