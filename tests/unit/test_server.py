@@ -36,7 +36,7 @@ def client_for(task: str, head: str, tokenizer: Tokenizer, *extra: str, **app_kw
 @pytest.fixture(scope="module")
 def classifier(tokenizer):
     return client_for("text-classification", "sequence-classification", tokenizer, "id2label={0: neg, 1: pos}",
-                      max_inputs=3)
+                      limits=server.ServerLimits(max_inputs=3))
 
 
 def test_health_reports_task_and_model(classifier):
