@@ -75,6 +75,7 @@ class Served:
         self.metrics = ServerMetrics(ENDPOINTS)
         self.worker = Worker(runners(pipe, limits), batch_window=batch_window, max_batch=max_batch,
                              on_batch=self.metrics.on_batch)
+        self.metrics.work.source = self.worker.work_done
         self.active = 0
         self._started = False
 
@@ -115,7 +116,7 @@ class Served:
         finally:
             gone.cancel()
         if job.future in done:
-            return unwrap(job.future)
+            return unwrap(job.future, self.limits)
         job.cancel.set()
         if gone in done:
             raise RequestError(499, "the client closed the connection")
@@ -145,7 +146,7 @@ class Served:
                 "openai": self.task == "text-generation" and self.pipe.config.arch == "decoder"}
 
 
-def unwrap(future: asyncio.Future) -> Any:
+def unwrap(future: asyncio.Future, limits: ServerLimits) -> Any:
     """A finished job's result, its failure as a RequestError (4xx, or 500 for a bug)."""
     error = future.exception()
     if error is None:
@@ -153,7 +154,9 @@ def unwrap(future: asyncio.Future) -> Any:
     if isinstance(error, RequestError):
         raise error
     if isinstance(error, Cancelled):
-        raise RequestError(504 if str(error) == "deadline" else 499, f"the request was stopped ({error})")
+        if str(error) == "deadline":
+            raise deadline_error(limits)
+        raise RequestError(499, "the client closed the connection")
     if isinstance(error, ValueError):
         raise RequestError(400, short(str(error), ERROR_LIMIT))
     raise RequestError(500, f"internal error ({type(error).__name__}); the server log has the details")
@@ -337,7 +340,7 @@ class Stream:
                 piece = await next_piece(self.job, self.gone, self.served.limits)
             await asyncio.wait({self.job.future}, timeout=5.0)
             if self.job.future.done():
-                yield unwrap(self.job.future)
+                yield unwrap(self.job.future, self.served.limits)
         except RequestError as e:  # after the first piece the status is sent: the stream just ends
             log.info("stream stopped: %s", e.message)
         finally:
@@ -375,7 +378,7 @@ async def next_piece(job: Job, gone: asyncio.Future, limits: ServerLimits) -> An
         if isinstance(piece, BaseException):
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(piece)
-            unwrap(fut)
+            unwrap(fut, limits)
         return piece
     get.cancel()
     job.cancel.set()

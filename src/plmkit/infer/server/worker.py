@@ -45,6 +45,7 @@ class Job:
         self.deadline = deadline
         self.loop = loop
         self.future: asyncio.Future = loop.create_future()
+        self.future.add_done_callback(_retrieve)  # a request that left never reads its job's error
         self.pieces: asyncio.Queue | None = asyncio.Queue() if streaming else None
         self.cancel = threading.Event()
         self.control = Control()
@@ -93,6 +94,10 @@ class Worker:
         self._cv = threading.Condition()
         self._closing = False
         self.running = 0
+        self.steps_done = 0
+        self.tokens_done = 0
+        self._current: Control | None = None
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="plmkit-inference", daemon=True)
 
     # ---- the request side --------------------------------------------------------------------
@@ -119,6 +124,12 @@ class Worker:
     @property
     def queued(self) -> int:
         return len(self._jobs)
+
+    def work_done(self) -> tuple[int, int]:
+        """(inference steps, generated tokens) so far, the running batch's steps included."""
+        with self._count_lock:
+            current = self._current
+            return self.steps_done + (current.steps if current else 0), self.tokens_done
 
     # ---- the thread --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -173,12 +184,17 @@ class Worker:
             return
         control = Control(should_stop=lambda: _all_stopped(live))
         start = time.monotonic()
+        self._current = control
         try:
             with controlled(control):
                 results = self._results(live)
         except Cancelled as e:
             results = [e] * len(live)
         finally:
+            with self._count_lock:
+                self._current = None
+                self.steps_done += control.steps
+                self.tokens_done += control.tokens
             if self.on_batch is not None:
                 self.on_batch(live, control, time.monotonic() - start)
         for job, result in zip(live, results):
@@ -215,6 +231,11 @@ class Worker:
                     log.exception("inference failed")
                 out.append(e)
         return out
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _all_stopped(jobs: list[Job]) -> str | None:
