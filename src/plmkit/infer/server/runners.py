@@ -104,6 +104,8 @@ def explain(pipe: Pipeline, limits: ServerLimits, payload: tuple[str, str | None
 
     text, pair = payload
     count = len(pipe.tokenizer.encode(text, pair, truncation=False).ids)
+    if count == 0:
+        raise ValueError("the input has no tokens to explain")
     if count > limits.max_explain_tokens:
         raise ValueError(f"the input has {count} tokens; /explain takes at most {limits.max_explain_tokens} "
                          "(--max-explain-tokens)")
@@ -124,7 +126,7 @@ def explain(pipe: Pipeline, limits: ServerLimits, payload: tuple[str, str | None
     support = explain_support(pipe)
     if support["attribution"]:
         a = explain_text(pipe.model, pipe.tokenizer, text, pair, target=options.get("target"),
-                         n_steps=options.get("n_steps", min(32, limits.max_explain_steps)))
+                         n_steps=options.get("n_steps") or min(32, limits.max_explain_steps))
         result["attribution"] = {"tokens": a.tokens, "scores": [round(s, 6) for s in a.scores], "label": a.label,
                                  "target": a.target, "f_input": a.f_input, "f_baseline": a.f_baseline,
                                  "delta": a.delta}
