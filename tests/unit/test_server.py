@@ -78,7 +78,7 @@ def test_web_page_is_self_contained(classifier):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert "<textarea" in html and "<button" in html and 'fetch("predict"' in html
+    assert "<textarea" in html and "<button" in html and 'post("predict"' in html and 'post("explain"' in html
     assert "http://" not in html and "https://" not in html and "<script src" not in html
 
 

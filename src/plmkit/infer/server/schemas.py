@@ -256,8 +256,11 @@ def form_fields(model: type[BaseModel]) -> list[dict[str, Any]]:
         kind = "choice" if "enum" in first or "const" in first else first.get("type", "string")
         if kind == "array":
             kind = "list"
+            entry_items = first.get("items", {}).get("type", "string")
         entry = {"name": name, "type": kind, "nullable": len(real) < len(variants), "default": prop.get("default"),
                  "help": prop.get("description", "")}
+        if kind == "list":
+            entry["items"] = entry_items
         if kind == "choice":
             entry["choices"] = [c for v in real for c in v.get("enum", [v.get("const")])]
         for bound in ("minimum", "maximum", "exclusiveMinimum"):
