@@ -255,11 +255,13 @@ def create_app(pipe: Pipeline, limits: ServerLimits | None = None, *, batch_wind
     @app.post("/explain", openapi_extra=body_doc("ExplainRequest"), responses=ERROR_RESPONSES)
     async def explain(request: Request) -> Response:
         body = await read_body(request)
-        if isinstance(body, dict) and "inputs" in body:
-            schemas.check_inputs("question-answering" if isinstance(body["inputs"], dict) and "question"
-                                 in body["inputs"] else "text-classification", {"inputs": body["inputs"]},
-                                 served.limits)
-        options = schemas.validate(ExplainRequest, body if isinstance(body, dict) else {"": body}, "explain")
+        if not isinstance(body, dict) or "inputs" not in body or isinstance(body["inputs"], list):
+            raise RequestError(400, 'expected a JSON object {"inputs": <one input>, "layer", "head", "target", '
+                                    '"n_steps"}')
+        shape = "question-answering" if isinstance(body["inputs"], dict) and "question" in body["inputs"] else \
+            "text-classification"  # a text, a text pair, or a question and its context
+        schemas.check_inputs(shape, {"inputs": body["inputs"]}, served.limits)
+        options = schemas.validate(ExplainRequest, body, "explain")
         payload = explain_payload(served.task, options.pop("inputs"))
         if (options.get("n_steps") or 0) > served.limits.max_explain_steps:
             raise RequestError(400, f"n_steps {options['n_steps']} is above this server's limit of "
