@@ -36,7 +36,7 @@ def client_for(task: str, head: str, tokenizer: Tokenizer, *extra: str, **app_kw
 @pytest.fixture(scope="module")
 def classifier(tokenizer):
     return client_for("text-classification", "sequence-classification", tokenizer, "id2label={0: neg, 1: pos}",
-                      max_inputs=3)
+                      limits=server.ServerLimits(max_inputs=3))
 
 
 def test_health_reports_task_and_model(classifier):
@@ -78,7 +78,7 @@ def test_web_page_is_self_contained(classifier):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert "<textarea" in html and "<button" in html and 'fetch("predict"' in html
+    assert "<textarea" in html and "<button" in html and 'post("predict"' in html and 'post("explain"' in html
     assert "http://" not in html and "https://" not in html and "<script src" not in html
 
 
@@ -117,3 +117,63 @@ def test_text_generation_streams_the_same_text_as_predict(shared_data):
 def test_only_generation_servers_stream(classifier):
     client, _ = classifier
     assert client.post("/stream", json={"inputs": "a"}).status_code in (404, 405)
+
+
+def test_weight_format_is_fixed_at_start_and_shown(tokenizer):
+    from plmkit.infer.quantize import prepare_for_inference
+
+    for dtype in ("bf16", "int8"):
+        client, pipe = client_for("text-classification", "sequence-classification", tokenizer)
+        reference = pipe("a funny film")["score"]
+        prepare_for_inference(pipe.model, dtype)
+        health = client.get("/health").json()
+        assert health["model"]["weights"] == dtype
+        assert health["explain"]["attribution"] is False and dtype in health["explain"]["attribution_unavailable"]
+        out = client.post("/predict", json={"inputs": "a funny film"}).json()["outputs"]
+        assert out["score"] == pytest.approx(reference, abs=0.05)
+        refused = client.post("/predict", json={"inputs": "a", "dtype": "fp32"})
+        assert refused.status_code == 400 and "--dtype" in refused.json()["detail"]
+        explained = client.post("/explain", json={"inputs": "a funny film"}).json()
+        assert explained["attribution"] is None and len(explained["attention"]["weights"]) == len(explained["tokens"])
+
+
+def test_serve_flags_for_every_limit_and_labels(tokenizer):
+    parser = argparse.ArgumentParser()
+    server.cli_configure(parser)
+    args = parser.parse_args(["run", "--dtype", "int4", "--max-new-tokens", "32", "--max-concurrent", "2",
+                              "--request-timeout", "1.5", "--labels", "bad,good"])
+    limits = server.ServerLimits.from_args(args)
+    assert (args.dtype, limits.max_new_tokens, limits.max_concurrent, limits.request_timeout) == ("int4", 32, 2, 1.5)
+    assert "--max-body-bytes" in limits.describe() and "--max-beams" in limits.describe()
+    with pytest.raises(ValueError, match="--max-inputs must be a positive number"):
+        server.ServerLimits(max_inputs=0)
+    _, pipe = client_for("text-classification", "sequence-classification", tokenizer)
+    server.rename_labels(pipe, "bad,good")
+    assert pipe("a")["label"] in ("bad", "good")
+    with pytest.raises(ValueError, match="needs 2 distinct"):
+        server.rename_labels(pipe, "only-one")
+
+
+def test_explain_endpoint_for_a_classifier(classifier):
+    client, pipe = classifier
+    body = client.post("/explain", json={"inputs": "a funny film", "layer": 0, "head": 1, "n_steps": 8}).json()
+    tokens = body["tokens"]
+    assert tokens[0] == "[CLS]" and body["attention"]["layer"] == 0 and body["attention"]["head"] == 1
+    assert all(sum(row) == pytest.approx(1, abs=1e-3) for row in body["attention"]["weights"])
+    attribution = body["attribution"]
+    assert attribution["tokens"] == tokens and attribution["label"] == pipe("a funny film")["label"]
+    for bad, words in [({"inputs": "a", "layer": 9}, "out of range"), ({"inputs": "a", "n_steps": 1000}, "--max-explain"),
+                       ({"inputs": "word " * 300}, "--max-explain-tokens"), ({"inputs": 3}, "expected")]:
+        answer = client.post("/explain", json=bad)
+        assert answer.status_code == 400 and words in answer.json()["detail"], answer.text
+
+
+def test_schemas_cover_every_pipeline_option():
+    from plmkit.infer.pipeline import PIPELINES
+    from plmkit.infer.server.schemas import PIPELINE_OPTIONS
+
+    assert set(PIPELINE_OPTIONS) == set(PIPELINES)
+    for task, cls in PIPELINES.items():
+        assert set(PIPELINE_OPTIONS[task]) == set(cls.options), task
+        assert {k: v[1] for k, v in PIPELINE_OPTIONS[task].items()} == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in cls.options.items()}, task

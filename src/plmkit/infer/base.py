@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from plmkit.data.tasks.features import collate
+from plmkit.infer.control import checkpoint
 
 RECIPE_FILE = "finetune.json"
 """Written by the fine-tuning recipes into a run and its model folders: {"task": ..., "config": ...}."""
@@ -126,6 +127,7 @@ class Pipeline:
         outputs: list[Any] = [None] * len(features)
         with torch.inference_mode(), self.autocast():
             for start in range(0, len(order), self.batch_size):
+                checkpoint()  # a controlled caller (the server) may cancel between batches
                 chunk = order[start: start + self.batch_size]
                 for k, out in zip(chunk, self.forward([features[k] for k in chunk], opts)):
                     outputs[k] = out

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from plmkit.config import from_dict
+from plmkit.infer import control
 from plmkit.infer.beam import BeamSettings, beam_search
 from plmkit.infer.quantize import DTYPES, prepare_for_inference
 from plmkit.infer.sampling import banned_ngram_tokens, repetition_penalty, sample
@@ -155,10 +156,12 @@ def generate_text(model, tokenizer, prompts: Sequence[str], config: GenerationCo
     return out.texts or []
 
 
-def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None = None, **options) -> Iterator[str]:
+def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None = None,
+                **options) -> Generator[str, None, GenerationOutput]:
     """Yield the generated text of one prompt piece by piece as it is decoded (greedy or sampling).
 
-    No piece splits a character; their concatenation equals `generate_text(...)[0]`.
+    No piece splits a character; their concatenation equals `generate_text(...)[0]`. The
+    generator's return value (``StopIteration.value``) is the `GenerationOutput` (tokens, finish reason).
     """
     cfg = _config(config, options)
     if cfg.num_beams > 1:
@@ -166,6 +169,7 @@ def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None =
     run = _Run(model, [encode_prompt(model, tokenizer, prompt)], cfg, tokenizer, force_text=True)
     with _eval(model):
         yield from (text for _, text in run.texts() if text)
+    return run.output
 
 
 def encode_prompt(model, tokenizer, text: str) -> list[int]:
@@ -202,7 +206,10 @@ class _Run:
         self.pad_id = model.config.pad_token_id
 
     def process(self, stepper: Stepper, logits: Tensor, n: int) -> Tensor:
-        """Penalties, no-repeat n-grams and min-new-tokens applied to logits (B, V) at new token n."""
+        """Penalties, no-repeat n-grams and min-new-tokens applied to logits (B, V) at new token n.
+
+        Called once per decode step (sampling and beam search): also a cancellation checkpoint."""
+        control.checkpoint()
         cfg = self.cfg
         logits = logits.float()
         if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size:
@@ -239,6 +246,7 @@ class _Run:
         for row, stream in enumerate(streams):
             yield row, stream.finish()
         self.output = state.output(streams, self.tokenizer)
+        control.report_tokens(sum(len(t) for t in self.output.tokens))
 
     def _stream_step(self, streams: list[TextStream], state: _SamplingState, tokens: list[int]) -> Iterator[tuple[int, str]]:
         for row, (stream, token) in enumerate(zip(streams, tokens)):
@@ -261,6 +269,7 @@ class _Run:
         tokens = [hyps.items[0][1] for hyps in results]
         texts = None if self.tokenizer is None else [finder.cut(t) for t in tokens]
         reasons = [_reason(t, stop, finder) for t in tokens]
+        control.report_tokens(sum(len(t) for t in tokens))
         return GenerationOutput(tokens, reasons, texts, [hyps.items[0][0] for hyps in results])
 
 
