@@ -62,7 +62,7 @@ def run(out: Path, world_size: int, parallel: str = "ddp") -> None:
                                     "dropout=0.0", "attention_dropout=0.0", "pad_token_id=0"])
     per_rank = GLOBAL_MICRO_BATCH // world_size
     tc = TrainConfig(lr=3e-3, max_steps=3, batch_size=per_rank, grad_accum=2, log_every=1, save_every=3,
-                     device="cpu", parallel=parallel, progress=False)  # type: ignore[arg-type]
+                     device="cpu", parallel=parallel, progress=False, precision="fp32")  # type: ignore[arg-type]
     train(build_model(cfg, "causal-lm"), ShardedStream(per_rank), tc, out)
 
 

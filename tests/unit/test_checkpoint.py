@@ -54,7 +54,7 @@ class CountingStream:
 
 
 def quiet(**kw) -> TrainConfig:
-    base = dict(lr=1e-3, max_steps=4, batch_size=2, save_every=2, log_every=1, progress=False)
+    base = dict(lr=1e-3, max_steps=4, batch_size=2, save_every=2, log_every=1, progress=False, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -198,7 +198,7 @@ def train_noisy(out: Path, kill_on_save: int | None = None, crash_at: int | None
     cfg = model_config("gpt-tiny", ["vocab_size=64", "hidden_size=32", "intermediate_size=64", "max_positions=32",
                                     "dropout=0.1", "attention_dropout=0.1", "pad_token_id=0"])
     tc = TrainConfig(lr=3e-3, warmup_steps=2, schedule="cosine", max_steps=8, batch_size=4, grad_accum=2,
-                     save_every=2, keep_last=2, log_every=1, eval_every=3, progress=False)
+                     save_every=2, keep_last=2, log_every=1, eval_every=3, progress=False, precision="fp32")
     train(build_model(cfg, "causal-lm"), NoisyStream(kill_on_save), tc, out, resume="auto", callbacks=[crash],
           eval_fn=lambda m: {"probe": float(torch.rand(()))})
 

@@ -82,7 +82,8 @@ class PoisonableLM(torch.nn.Module):
 
 
 def quiet(**kw) -> TrainConfig:
-    base = dict(lr=1e-3, max_steps=3, batch_size=4, log_every=1, save_every=0, progress=False, min_lr_ratio=0.0)
+    base = dict(lr=1e-3, max_steps=3, batch_size=4, log_every=1, save_every=0, progress=False, min_lr_ratio=0.0,
+                precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -256,3 +257,16 @@ def test_layer_wise_lr_decay_scales_each_depth():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(p) for g in flat.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+
+
+def test_precision_auto_resolves_by_hardware_and_is_recorded(tmp_path, monkeypatch):
+    from plmkit.train import loop
+
+    cpu = torch.device("cpu")
+    assert loop.resolve_precision("fp32", cpu) == "fp32" and loop.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    assert loop.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    assert loop.resolve_precision("auto", cpu) == "bf16"
+    train(tiny_gpt(), ExampleStream(4), quiet(precision="auto", max_steps=1), tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text())["precision"] == "bf16"

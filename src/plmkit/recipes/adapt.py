@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from plmkit.config import ConfigError
 from plmkit.data.shards import prepare
@@ -54,8 +54,8 @@ class AdaptConfig:
     """Tokens per example (texts are packed into examples up to this length)."""
     mlm_probability: float = 0.15
     """Fraction of tokens masked (for ELECTRA: that the generator replaces)."""
-    precision: str = "bf16"
-    """fp32 or bf16 autocast."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast, fp32, or auto (bf16 where the hardware runs it natively)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0:

@@ -81,8 +81,9 @@ class TrainConfig:
     layer_decay: float = 1.0
     """Layer-wise LR decay for fine-tuning: the head and top block train at lr, each block below at
     layer_decay times the one above, the embeddings slowest; 1.0 = one rate for all."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """fp32, or bf16 autocast for the forward pass (weights and optimizer state stay fp32)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast for the forward pass (weights and optimizer state stay fp32), or fp32; "auto" = bf16
+    where the hardware runs bf16 matmuls natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16)."""
     eval_every: int = 0
     """Run eval_fn every this many steps and at the end; 0 = only at the end."""
     save_every: int = 1000
@@ -252,6 +253,7 @@ class _Trainer:
         self.cfg, self.stream, self.out_dir = cfg, stream, out_dir
         self.eval_fn, self.callbacks, self.tokenizer = eval_fn, callbacks, tokenizer
         self.env: DistEnv = init_distributed(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.env.device)
         self.inner = model.to(self.env.device)
         self.model = parallelize(self.inner, self.env, cfg.parallel)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -303,6 +305,7 @@ class _Trainer:
             "seed": self.cfg.seed,
             "versions": versions(),
             "device": str(self.env.device),
+            "precision": self.precision,
             "world_size": self.env.world_size,
             "model": {
                 "class": type(self.inner).__name__,
@@ -337,7 +340,7 @@ class _Trainer:
         return {k: v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def micro_step(self, batch: dict[str, Any], sync: bool) -> Tensor:
         """Forward + backward of one micro-batch with loss * n_targets; returns [loss*n, n, tokens]."""
@@ -494,6 +497,27 @@ class _Trainer:
             skipped_steps=self.progress.nonfinite_skips, elapsed_s=time.perf_counter() - started,
             last_checkpoint=self.last_saved, final_dir=final_dir, resumed_from=resumed_from, stopped_early=stopped,
         )
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "bf16" or "fp32" for a TrainConfig.precision; "auto" picks bf16 where it runs natively."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
 def _n_targets(out: Any, batch: dict[str, Any], device: torch.device) -> Tensor:
