@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from plmkit.config import ConfigError
+from plmkit.errors import NonFiniteError
 from plmkit.train import checkpoint as ckpt
 from plmkit.train.distributed import (
     DistEnv,
@@ -144,10 +145,6 @@ class BatchStream(Protocol):
 
 class StopTraining(Exception):
     """Raise from a callback to end training after the current step (checkpoint + export still run)."""
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or gradient norm was NaN/inf more often than train.max_nonfinite_skips allows."""
 
 
 @dataclass
