@@ -20,7 +20,14 @@ Whole words: a token starts a word when the pre-tokenizer starts a new word ther
 CJK character counts as a word (and ``meta.json`` records ``"segmenter": "cjk-chars"``).
 
 A build is written to a temporary folder and renamed into place, and it is reused when the
-same inputs (paths, sizes, mtimes), tokenizer and options are asked for again.
+same inputs (paths, sizes, mtimes), tokenizer and options are asked for again. The output folder
+is claimed and locked through `plmkit.outputs`: a folder holding anything plmkit did not write
+(the corpus, say) is never replaced, and two builds of one folder do not run at once.
+
+Text is handed to the tokenizer in pieces of at most ``_PIECE_CHARS`` characters, cut at
+whitespace, so a single huge line costs memory in proportion to the line, not to the tokenizer's
+working set for it. Opening a split checks the file sizes, the offsets and the tokenizer beside
+the shards against what meta.json recorded (`IntegrityError` naming the file otherwise).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -45,13 +53,19 @@ import numpy as np
 from tqdm import tqdm
 
 from plmkit.data.io import CJK_CHARS, Corpus, Document, ErrorPolicy
-from plmkit.data.tokenizer import Tokenizer
+from plmkit.data.tokenizer import Tokenizer, bounded_pieces, vocabulary_digest
+from plmkit.errors import IntegrityError, UserError
+from plmkit.outputs import SHARDS, claim_output
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "plmkit-shards"
 VERSION = 1
 SPLITS = ("train", "eval")
 _CHUNK_BYTES = 1 << 20  # text per worker task
 _CHUNK_DOCS = 4096
+_PIECE_CHARS = 1 << 16  # longest text handed to the tokenizer at once (cut at whitespace)
+_BATCH_CHARS = 1 << 20  # text per encode_batch call
 _SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 
 
@@ -113,24 +127,52 @@ class _Encoder:
         self._segmenter = segmenter_name()
 
     def encode(self, docs: Sequence[Document]) -> _Chunk:
-        texts = [s if j == 0 else self.joiner + s for doc in docs for j, s in enumerate(doc)]
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
-        lengths = np.asarray([len(e.ids) for e in encodings], dtype=np.int64)
-        total = int(lengths.sum())
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=total)
+        sentences = [s if j == 0 else self.joiner + s for doc in docs for j, s in enumerate(doc)]
+        pieces, owner = [], []  # text pieces of at most _PIECE_CHARS, and the sentence of each
+        for i, text in enumerate(sentences):
+            for piece in bounded_pieces(text, _PIECE_CHARS):
+                pieces.append(piece)
+                owner.append(i)
+        ids, starts, piece_lengths = self._encode_pieces(pieces)
+        lengths = np.bincount(np.asarray(owner, dtype=np.int64), weights=piece_lengths,
+                              minlength=len(sentences)).astype(np.int64)
         bounds = np.cumsum([0] + [len(d) for d in docs])
         kept = np.concatenate([[0], np.cumsum(lengths > 0)])
         return _Chunk(
             tokens=ids,
-            word_start=self._word_starts(texts, encodings, lengths),
+            word_start=starts,
             sentence_lengths=lengths[lengths > 0],
             document_sentences=(kept[bounds[1:]] - kept[bounds[:-1]]).astype(np.int64),
-            text_bytes=sum(len(t.encode("utf-8")) for t in texts),
+            text_bytes=sum(len(t.encode("utf-8")) for t in sentences),
         )
+
+    def _encode_pieces(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (N,) uint32, word starts (N,) uint8, tokens per piece (P,)); encoded in batches of
+        about _BATCH_CHARS characters, so the tokenizer's per-token objects stay bounded."""
+        ids, starts, lengths = [], [], []
+        batch: list[str] = []
+        size = 0
+        for piece in pieces + [None]:  # type: ignore[list-item]
+            if batch and (piece is None or size + len(piece) > _BATCH_CHARS):
+                encodings = self.backend.encode_batch(batch, add_special_tokens=False)
+                n = np.asarray([len(e.ids) for e in encodings], dtype=np.int64)
+                ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32,
+                                       count=int(n.sum())))
+                starts.append(self._word_starts(batch, encodings, n))
+                lengths.append(n)
+                batch, size = [], 0
+            if piece is not None:
+                batch.append(piece)
+                size += len(piece)
+        if not lengths:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.int64)
+        return np.concatenate(ids), np.concatenate(starts), np.concatenate(lengths)
 
     def _word_starts(self, texts: list[str], encodings: list[Any], lengths: np.ndarray) -> np.ndarray:
         """(N,) uint8 over all tokens: 1 where a token begins a word, i.e. the pre-tokenizer's word
-        changes, or (for a token starting with a CJK ideograph) a segmenter word begins there."""
+        changes, or (for a token starting with a CJK ideograph) a segmenter word begins there.
+        The first token of each text counts as a word start (pieces of a long text are cut at
+        whitespace)."""
         total = int(lengths.sum())
         word_ids = (-1 if w is None else w for e in encodings for w in e.word_ids)
         words = np.fromiter(word_ids, dtype=np.int64, count=total)
@@ -354,20 +396,18 @@ def prepare(
     total = sum(s["size"] for s in build["sources"])
     if workers is None:
         workers = 1 if total < 2 * _CHUNK_BYTES else min(8, os.cpu_count() or 1)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        counts = _write_splits(corpus, tokenizer, str(tokenizer_dir), tmp, token_dtype, options, workers, total,
-                               progress)
-        tokenizer.save(tmp / "tokenizer")
-        meta = _meta(tokenizer, build, build_key, token_dtype, counts, corpus)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    inputs = [*corpus.files, Path(tokenizer_dir)]
+    with claim_output(out, SHARDS, inputs=inputs, replace=True) as claim:
+        tmp = claim.temp_dir()
+        try:
+            counts = _write_splits(corpus, tokenizer, str(tokenizer_dir), tmp, token_dtype, options, workers, total,
+                                   progress)
+            tokenizer.save(tmp / "tokenizer")
+            meta = _meta(tokenizer, build, build_key, token_dtype, counts, corpus)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            claim.publish(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     _say(progress, _summary(out, counts, corpus))
     return out
 
@@ -383,22 +423,30 @@ def _choose_dtype(dtype: str, vocab_size: int) -> np.dtype:
 
 
 def _reusable(out: Path, build: dict[str, Any], build_key: str, overwrite: bool) -> bool:
-    """True when ``out`` already holds this build; an error when it holds another (unless overwrite)."""
-    if not out.exists():
-        return False
+    """True when ``out`` already holds this build, intact; an error when it holds another build (unless
+    overwrite). Whether any other folder may be written is `plmkit.outputs.claim_output`'s call."""
     meta_path = out / "meta.json"
     if not meta_path.is_file():
-        if overwrite or (out.is_dir() and not any(out.iterdir())):
-            return False
-        raise ValueError(f"{out}: exists and is not a shard folder (no meta.json); choose another output")
-    old = json.loads(meta_path.read_text(encoding="utf-8"))
+        return False
+    try:
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        return False
     if old.get("build_key") == build_key:
+        try:
+            for split in old.get("splits", {}):
+                ShardSet.open(out, split)
+        except IntegrityError as e:
+            _say(True, f"{out}: rebuilding: {e}")
+            return False
         return True
     if overwrite:
         return False
     differs = [k for k in ("sources", "tokenizer", "options") if old.get("build", {}).get(k) != build[k]]
-    raise ValueError(f"{out}: holds shards built from other {', '.join(differs) or 'settings'}; "
-                     "use overwrite=True (--overwrite) to rebuild")
+    raise UserError(f"{out}: holds shards built from other {', '.join(differs) or 'settings'}; "
+                    "use overwrite=True (--overwrite) to rebuild")
 
 
 def _write_splits(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, tmp: Path, dtype: np.dtype,
@@ -431,8 +479,8 @@ def _meta(tokenizer: Tokenizer, build: dict[str, Any], build_key: str, dtype: np
         "format": FORMAT,
         "version": VERSION,
         "dtype": dtype.name,
-        "tokenizer": {"fingerprint": build["tokenizer"], "kind": tokenizer.kind,
-                      "vocab_size": tokenizer.vocab_size, "special_ids": specials},
+        "tokenizer": {"fingerprint": build["tokenizer"], "vocabulary": vocabulary_digest(tokenizer),
+                      "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "special_ids": specials},
         "splits": counts,
         "read": {"files": corpus.stats.files, "documents": corpus.stats.documents,
                  "sentences": corpus.stats.sentences, "bytes": corpus.stats.bytes,
@@ -504,7 +552,27 @@ class ShardSet:
                              f"version {meta.get('version')!r}); rebuild with `plmkit prepare`")
         if split not in meta["splits"]:
             raise ValueError(f"{path}: no split {split!r}; splits are {', '.join(meta['splits'])}")
-        return cls(path, split, meta)
+        _verify_tokenizer(path, meta)
+        shards = cls(path, split, meta)
+        shards._verify()
+        return shards
+
+    def _verify(self) -> None:
+        """IntegrityError when a file's size or the offsets disagree with the counts meta.json recorded."""
+        counts, folder = self.meta["splits"][self.split], self.path / self.split
+        rebuild = "; the shards were changed after `plmkit prepare` wrote them: rebuild them (plmkit prepare ... --overwrite)"
+        expected = {"tokens.bin": counts["tokens"] * self.dtype.itemsize, "word_start.bin": counts["tokens"],
+                    "sentences.bin": (counts["sentences"] + 1) * 8, "documents.bin": (counts["documents"] + 1) * 8}
+        for name, size in expected.items():
+            actual = (folder / name).stat().st_size
+            if actual != size:
+                raise IntegrityError(f"{folder / name}: {actual} bytes, but meta.json records {counts['tokens']} "
+                                     f"tokens, {counts['sentences']} sentences and {counts['documents']} documents "
+                                     f"({size} bytes expected){rebuild}")
+        for name, offsets, end in (("sentences.bin", self.sentence_offsets, counts["tokens"]),
+                                   ("documents.bin", self.document_offsets, counts["sentences"])):
+            if offsets[0] != 0 or offsets[-1] != end or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+                raise IntegrityError(f"{folder / name}: offsets are not an increasing list from 0 to {end}{rebuild}")
 
     @property
     def tokenizer_path(self) -> Path:
@@ -556,6 +624,43 @@ def unigram_baseline(shards_dir: str | Path) -> float:
     return float(-np.log(probs[ids[~np.isin(ids, specials)]]).mean())
 
 
+_VERIFIED: dict[tuple[str, int, int], None] = {}  # (folder, mtimes) whose tokenizer was checked
+
+
+def _verify_tokenizer(path: Path, meta: dict[str, Any]) -> None:
+    """IntegrityError when the tokenizer beside the shards is not the one they were built with."""
+    folder = path / "tokenizer"
+    files = sorted(folder.glob("*")) if folder.is_dir() else []
+    if not files:
+        raise IntegrityError(f"{folder}: missing; the shards need the tokenizer they were built with "
+                             "(rebuild them with plmkit prepare ... --overwrite)")
+    key = (str(folder.resolve()), max(f.stat().st_mtime_ns for f in files), (path / "meta.json").stat().st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    recorded = meta["tokenizer"]
+    tokenizer = Tokenizer.load(folder)
+    if tokenizer_fingerprint(tokenizer) != recorded.get("fingerprint"):
+        differs = []
+        if tokenizer.vocab_size != recorded.get("vocab_size"):
+            differs.append(f"vocabulary size {tokenizer.vocab_size}, recorded {recorded.get('vocab_size')}")
+        specials = {role: getattr(tokenizer, f"{role}_id") for role in _SPECIAL_ROLES}
+        if specials != {role: recorded.get("special_ids", {}).get(role) for role in _SPECIAL_ROLES}:
+            differs.append(f"special token ids {specials}, recorded {recorded.get('special_ids')}")
+        if "vocabulary" in recorded and vocabulary_digest(tokenizer) != recorded["vocabulary"]:
+            differs.append("the tokens or their ids differ")
+        if differs:
+            raise IntegrityError(f"{folder}: not the tokenizer these shards were built with ({'; '.join(differs)}); "
+                                 "token ids would mean other tokens. Put back the original tokenizer or rebuild the "
+                                 "shards with this one (plmkit prepare CORPUS --tokenizer ... -o NEW_FOLDER)")
+        if "vocabulary" in recorded:
+            logger.warning("%s: serialized differently from the one the shards recorded (another tokenizers "
+                           "version?), with the same vocabulary and special tokens", folder)
+        else:
+            logger.warning("%s: differs from the tokenizer these shards recorded (same vocabulary size and special "
+                           "ids; meta.json of an older plmkit cannot tell more); rebuild the shards to be sure", folder)
+    _VERIFIED[key] = None
+
+
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot map an empty file
         return np.zeros(0, dtype=dtype)
@@ -582,7 +687,9 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(8, CPUs))")
     parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild when the output holds other shards")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild when the output holds other shards (a folder is replaced only when plmkit "
+                             "made it and it holds nothing else)")
 
 
 def cli_run(args: argparse.Namespace) -> int:
