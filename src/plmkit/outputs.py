@@ -447,6 +447,18 @@ def claim_output(path: str | Path, kind: OutputKind, inputs: Iterable[str | Path
     return OutputClaim(path, kind, state, lock)
 
 
+def check_output_file(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """UserError when output file `path` is one of the `inputs` or an existing folder. (An existing
+    file the user names as an output is replaced, as the commands' help says.)"""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; name the output file to write")
+    for item in inputs:
+        if Path(item).exists() and Path(item).resolve() == path.resolve():
+            raise UserError(f"{path}: is also an input of this command; writing the output there would replace it")
+    return path
+
+
 def check_not_busy(path: str | Path) -> None:
     """BusyError when another live process holds the lock of `path` (a read-only look)."""
     target = Path(path).absolute()
@@ -478,5 +490,5 @@ def _version() -> str:
 
 
 __all__ = ["DEMO", "KINDS", "MARKER", "RUN", "SHARDS", "TOKENIZER", "FolderLock", "OutputClaim", "OutputKind",
-           "check_not_busy", "check_replaceable", "claim_output", "clean_stale_temps", "foreign_entries",
+           "check_not_busy", "check_output_file", "check_replaceable", "claim_output", "clean_stale_temps", "foreign_entries",
            "inspect_output", "read_marker", "refuse_inputs_inside", "write_marker"]
