@@ -85,7 +85,8 @@ RUN = OutputKind("run", "a training run folder (plmkit pretrain / finetune)",
 DEMO = OutputKind("demo", "the demo's folder (plmkit demo)",
                   ("tok-wordpiece", "tok-bpe", "shards-bert", "shards-gpt", "bert", "gpt", "sst2-pretrained",
                    "sst2-from-scratch", "summary.json"))
-KINDS = {k.name: k for k in (SHARDS, TOKENIZER, RUN, DEMO)}
+EXPLAIN = OutputKind("explain", "an explanation folder (plmkit explain)", ("attribution.html", "attention-layer*.png"))
+KINDS = {k.name: k for k in (SHARDS, TOKENIZER, RUN, DEMO, EXPLAIN)}
 
 State = Literal["new", "empty", "ours"]
 
@@ -489,6 +490,6 @@ def _version() -> str:
         return "plmkit"
 
 
-__all__ = ["DEMO", "KINDS", "MARKER", "RUN", "SHARDS", "TOKENIZER", "FolderLock", "OutputClaim", "OutputKind",
+__all__ = ["DEMO", "EXPLAIN", "KINDS", "MARKER", "RUN", "SHARDS", "TOKENIZER", "FolderLock", "OutputClaim", "OutputKind",
            "check_not_busy", "check_output_file", "check_replaceable", "claim_output", "clean_stale_temps", "foreign_entries",
            "inspect_output", "read_marker", "refuse_inputs_inside", "write_marker"]
