@@ -106,6 +106,8 @@ def _os_error_text(e: OSError) -> str:
         reason = "no space left on device" if e.errno == errno.ENOSPC else e.strerror[:1].lower() + e.strerror[1:]
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
         return f"{reason} at {where}"
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
     return str(e) or type(e).__name__
 
 

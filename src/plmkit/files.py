@@ -69,7 +69,7 @@ def no_space(path: str | Path, what: str, needed: int | None = None, free: int |
     if needed is not None:
         sizes = f" (needs about {_mb(needed)}" + (f", {_mb(free)} free)" if free is not None else ")")
     error = ResourceError(f"no space left on device at {path}: {what}{sizes}")
-    error.errno, error.filename = errno.ENOSPC, str(path)
+    error.errno = errno.ENOSPC  # (no .filename: OSError would then print "[Errno 28] None: PATH")
     return error
 
 

@@ -258,6 +258,16 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
+def make_parents(path: Path) -> None:
+    """Create the folders above `path`; NotADirectoryError naming a file that stands in the way."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(ancestor))
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}{_LOCK_SUFFIX}"
 
@@ -279,7 +289,7 @@ class FolderLock:
             _HELD[key][1] += 1
             self.held = True
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_parents(self.path)
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

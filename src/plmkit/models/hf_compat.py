@@ -279,7 +279,10 @@ def config_from_hf(d: Any, where: str = "config.json") -> tuple[ModelConfig, str
         if not isinstance(section, dict) or not isinstance(section.get("config"), dict) \
                 or not isinstance(section.get("task"), str):
             raise ConfigError(f"{where}: the plmkit section needs a 'config' object and a 'task' name")
-        return from_dict(ModelConfig, section["config"], f"{where}: model"), section["task"]
+        try:
+            return from_dict(ModelConfig, section["config"], "model"), section["task"]
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     kind = d.get("model_type")
     if kind not in HF_FAMILIES:
         raise ConfigError(f"{where}: unsupported model_type {kind!r}; plmkit reads {', '.join(HF_FAMILIES)}")
