@@ -56,6 +56,7 @@ from plmkit.data.shard_set import (FORMAT, SPECIAL_ROLES, VERSION, ShardSet, Spe
                                    unigram_baseline)
 from plmkit.data.tokenizer import Tokenizer, bounded_pieces, vocabulary_digest
 from plmkit.errors import IntegrityError, UserError
+from plmkit.files import no_space_as_error
 from plmkit.outputs import SHARDS, claim_output
 
 SPLITS = ("train", "eval")
@@ -365,7 +366,8 @@ def prepare(
     if workers is None:
         workers = 1 if total < 2 * _CHUNK_BYTES else min(8, os.cpu_count() or 1)
     inputs = [*corpus.files, Path(tokenizer_dir)]
-    with claim_output(out, SHARDS, inputs=inputs, replace=True) as claim:
+    with claim_output(out, SHARDS, inputs=inputs, replace=True) as claim, \
+            no_space_as_error(out, "the shards were not written (an earlier build there is unchanged)"):
         tmp = claim.temp_dir()
         try:
             counts = _write_splits(corpus, tokenizer, str(tokenizer_dir), tmp, token_dtype, options, workers, total,

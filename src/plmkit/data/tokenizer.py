@@ -703,9 +703,11 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
 
 def cli_run(args: argparse.Namespace) -> int:
     if args.action == "train":
+        from plmkit.files import no_space_as_error
         from plmkit.outputs import TOKENIZER, claim_output
 
-        with claim_output(args.output, TOKENIZER, inputs=args.files, replace=True) as claim:
+        with claim_output(args.output, TOKENIZER, inputs=args.files, replace=True) as claim, \
+                no_space_as_error(args.output, "the tokenizer was not written"):
             tok = Tokenizer.train([Path(f) for f in args.files], kind=args.kind, vocab_size=args.vocab_size,
                                   lowercase=args.lowercase, min_frequency=args.min_frequency, style=args.style,
                                   field_name=args.field, show_progress=True)

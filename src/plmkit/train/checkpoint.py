@@ -134,7 +134,7 @@ def read_tree(directory: Path, name: str) -> Any:
         raise IntegrityError(f"checkpoint {directory} is missing {path.name}")
     data = _read_json(path)
     tensor_path = directory / f"{name}.safetensors"
-    tensors = _read_safetensors(tensor_path)[0] if tensor_path.is_file() else {}
+    tensors = _read_safetensors(tensor_path, copy=True)[0] if tensor_path.is_file() else {}
     try:
         return decode_tree(data, tensors)
     except (KeyError, TypeError, ValueError) as e:
@@ -148,10 +148,14 @@ def _read_json(path: Path) -> Any:
         raise IntegrityError(f"{path}: damaged, not readable JSON ({e})") from None
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, copy: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file. safetensors maps the file into memory: `copy`
+    the tensors that outlive the call (optimizer and stream state), or the file stays pinned on
+    disk, and pruning its checkpoint later would not give the space back."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            return ({k: f.get_tensor(k).clone() if copy else f.get_tensor(k) for k in f.keys()},
+                    dict(f.metadata() or {}))
     except (SafetensorError, OSError, ValueError) as e:
         raise IntegrityError(f"{path}: damaged, not a readable safetensors file ({e})") from None
 
