@@ -285,3 +285,15 @@ def test_a_long_line_gives_the_same_shards_and_tokenizer_in_pieces(tmp_path, tok
     assert np.array_equal(a.sentence_offsets, b.sentence_offsets)
     tok = Tokenizer.load(tok_dir)
     assert a.sentence(0).tolist() == tok.backend.encode(line, add_special_tokens=False).ids
+
+
+def test_leftovers_of_a_killed_run_are_removed_under_the_lock(tmp_path):
+    cfg = TrainConfig(lr=1e-3, max_steps=2, batch_size=2, save_every=1, log_every=1, progress=False)
+    train(tiny_gpt(), Stream(), cfg, tmp_path)
+    leftovers = [tmp_path / ".tmp-checkpoint-00000003", tmp_path / "final" / ".model.safetensors.tmp-424242",
+                 tmp_path / ".run.json.tmp-424242"]
+    leftovers[0].mkdir()
+    for f in leftovers[1:]:
+        f.write_bytes(b"half")
+    result = train(tiny_gpt(), Stream(), TrainConfig(**{**cfg.__dict__, "max_steps": 3}), tmp_path, resume="auto")
+    assert result.step == 3 and not any(p.exists() for p in leftovers)

@@ -467,7 +467,9 @@ def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def clean_partial(out_dir: str | Path) -> list[Path]:
-    """Remove leftovers of interrupted writes: temp/trash folders and unmarked checkpoint folders."""
+    """Remove leftovers of interrupted writes: temp/trash folders, unmarked checkpoint folders and
+    the temp files of atomic writes (``.NAME.tmp-PID``) in the run and its final/ and best/ exports.
+    Call it holding the run folder's lock: no live writer can own them then."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
@@ -475,8 +477,16 @@ def clean_partial(out_dir: str | Path) -> list[Path]:
         p for p in out.iterdir()
         if p.is_dir() and (p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) or (_NAME.match(p.name) and not is_complete(p)))
     ]
+    for folder in (out, out / "final", out / "best"):
+        if folder.is_dir():
+            leftovers += [p for p in folder.glob(".*.tmp-*") if p.is_file()]
     for p in leftovers:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if leftovers:
+        log.info("%s: removed leftovers of an interrupted run: %s", out, ", ".join(p.name for p in leftovers))
     return leftovers
 
 
