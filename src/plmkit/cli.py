@@ -23,7 +23,7 @@ from collections.abc import Callable
 from plmkit.errors import PlmkitError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tokenizer": ("plmkit.data.tokenizer", "train a WordPiece or byte-level BPE tokenizer"),
+    "tokenizer": ("plmkit.data.tokenizer_cli", "train a WordPiece or byte-level BPE tokenizer"),
     "prepare": ("plmkit.data.shards", "tokenize a corpus into token shards"),
     "pretrain": ("plmkit.recipes.pretrain", "pretrain a BERT / GPT / seq2seq model"),
     "finetune": ("plmkit.recipes.finetune", "fine-tune a model on a downstream task"),
