@@ -279,7 +279,7 @@ class FolderLock:
     """An exclusive lock on output folder `target` (the file ``.NAME.plmkit.lock`` beside it)."""
 
     def __init__(self, target: str | Path) -> None:
-        self.target = Path(target).absolute()
+        self.target = Path(target).resolve()  # one lock whichever path (link) names the folder
         self.path = lock_path(self.target)
         self.held = False
 
@@ -472,7 +472,7 @@ def check_output_file(path: str | Path, inputs: Iterable[str | Path] = ()) -> Pa
 
 def check_not_busy(path: str | Path) -> None:
     """BusyError when another live process holds the lock of `path` (a read-only look)."""
-    target = Path(path).absolute()
+    target = Path(path).resolve()
     lock = lock_path(target)
     if str(lock) in _HELD or not lock.is_file():
         return

@@ -82,7 +82,7 @@ def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError(f"step {step} not reached")
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_writes_a_checkpoint_and_resume_is_exact(shards, tmp_path, signum, code):
     full, run = tmp_path / "full", tmp_path / "run"
     assert subprocess.run(pretrain_args(shards, full), env=ENV, capture_output=True).returncode == 0

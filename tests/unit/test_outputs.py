@@ -115,16 +115,16 @@ def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path, caplog):
     finally:
         proc.kill()
         proc.wait()
-    assert outputs.lock_path(target.absolute()).is_file()  # SIGKILL left the file, the kernel dropped the flock
+    assert FolderLock(target).path.is_file()  # SIGKILL left the file, the kernel dropped the flock
     with caplog.at_level(logging.WARNING), claim_output(target, RUN) as claim:
         claim.ensure()
     assert f"taking over the lock of a run that is gone (PID {proc.pid}" in caplog.text
-    assert not outputs.lock_path(target.absolute()).exists()  # released cleanly
+    assert not FolderLock(target).path.exists()  # released cleanly
 
 
 def test_a_lock_from_another_host_is_reported_not_broken(tmp_path):
     target = tmp_path / "run"
-    lock = outputs.lock_path(target.absolute())
+    lock = FolderLock(target).path
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "2024-01-01T00:00:00"}))
     with pytest.raises(BusyError, match=f"locked by a run on another host .PID 1 on host elsewhere.*delete {lock}"):
         claim_output(target, RUN)
@@ -133,8 +133,8 @@ def test_a_lock_from_another_host_is_reported_not_broken(tmp_path):
 
 def test_the_lock_is_reentrant_within_a_process(tmp_path):
     with FolderLock(tmp_path / "x"), FolderLock(tmp_path / "x"):
-        assert outputs.lock_path((tmp_path / "x").absolute()).is_file()
-    assert not outputs.lock_path((tmp_path / "x").absolute()).exists()
+        assert FolderLock(tmp_path / "x").path.is_file()
+    assert not FolderLock(tmp_path / "x").path.exists()
 
 
 def test_stale_temp_folders_are_removed_or_reported(tmp_path, caplog):
