@@ -487,14 +487,14 @@ class _Trainer:
             self._window = (time.perf_counter(), self.progress.tokens_seen)
             self.catch_signals()
             try:
-                while self.progress.step < self.cfg.max_steps and not stopped and not self.stop_requested:
+                while self.progress.step < self.cfg.max_steps and not stopped and not self.signalled():
                     step = self.progress.step + 1
                     metrics = self.record(step, self.train_step(step), pbar)
                     stopped = self.after_step(step, metrics)
             finally:
                 pbar.close()
                 self.log.close()
-            if self.stop_requested and self.progress.step < self.cfg.max_steps and not stopped:
+            if self.signalled() and self.progress.step < self.cfg.max_steps and not stopped:
                 self.interrupt(start_step)
             return self.finish(started, start_step, resumed_from, stopped)
         finally:
@@ -510,6 +510,11 @@ class _Trainer:
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._old_handlers[signum] = signal.signal(signum, self.on_signal)
+
+    def signalled(self) -> bool:
+        """Whether to stop after this step: one process stops on its own signal, several processes
+        once the step's all-reduce carried one (so they all stop after the same step)."""
+        return self.stop_requested or (self.signal is not None and not self.env.distributed)
 
     def restore_signals(self) -> None:
         for signum, handler in self._old_handlers.items():
