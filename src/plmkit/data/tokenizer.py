@@ -316,7 +316,10 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write tokenizer.json, vocab.txt or vocab.json + merges.txt, tokenizer_config.json and
-        special_tokens_map.json into ``directory`` (created if needed); returns the folder."""
+        special_tokens_map.json into ``directory`` (created if needed); returns the folder.
+
+        Files of those names already in ``directory`` are replaced (as with a model's
+        ``save_pretrained``); ``plmkit tokenizer train -o`` checks the folder first."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         with self._lock:

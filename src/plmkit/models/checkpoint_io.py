@@ -33,7 +33,8 @@ _BACKBONE_ROOTS = ("transformer.", "encoder.", "decoder.")
 
 
 def save_model(model, directory: str | Path, tokenizer=None) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer files); each file is written then renamed."""
+    """Write config.json + model.safetensors (+ tokenizer files); each file is written then renamed,
+    replacing a file of that name in `directory`. A full disk is a ResourceError naming the folder."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     cfg, task = model.config, model.task
