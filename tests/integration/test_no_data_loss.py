@@ -142,3 +142,16 @@ def test_a_folder_in_use_is_refused_before_anything_is_written(tmp_path, tok):
         holder.wait()
     # the killed holder left its lock file; the next run takes it over
     assert cli("prepare", corpus, "--tokenizer", tok, "-o", tmp_path / "out").returncode == 0
+
+
+def test_explain_writes_only_into_its_own_folder(tmp_path, user_dir, tok):
+    cfg = model_config("bert-tiny", ["vocab_size=80", "hidden_size=16", "num_heads=2", "intermediate_size=32",
+                                     "num_layers=1", "max_positions=16"])
+    model_dir = save_model(build_model(cfg, "masked-lm"), tmp_path / "model", tokenizer=Tokenizer.load(tok))
+    before = snapshot(user_dir)
+    proc = cli("explain", model_dir, "a story about kings", "-o", user_dir)
+    assert proc.returncode == 2 and "holds files plmkit did not write" in proc.stderr, proc.stderr
+    assert snapshot(user_dir) == before
+    proc = cli("explain", model_dir, "a story about kings", "-o", tmp_path / "explain")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "explain" / "attention-layer0.png").is_file()
