@@ -26,6 +26,13 @@ class ConfigError(UserError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+_SIZE_LIMITS = {"vocab_size": 1 << 24, "hidden_size": 1 << 16, "num_layers": 1024, "num_decoder_layers": 1024,
+                "num_heads": 1024, "intermediate_size": 1 << 18, "max_positions": 1 << 20, "type_vocab_size": 1 << 10,
+                "embedding_size": 1 << 16, "num_labels": 1 << 20}
+"""Upper bounds of ModelConfig sizes: far above any real model, low enough to catch a typo."""
+_MAX_PARAMETERS = 20_000_000_000
+
+
 @dataclass
 class ModelConfig:
     """The shape of a Transformer: one schema for encoders, decoders and encoder-decoders."""
@@ -98,6 +105,19 @@ class ModelConfig:
         return None if self.id2label is None else {v: k for k, v in self.id2label.items()}
 
     def validate(self) -> None:
+        """ConfigError naming the first field that cannot describe a model: a wrong type, a size
+        that is not positive or absurdly large, a probability outside [0, 1), a negative token
+        id. Runs before anything is allocated."""
+        hints = typing.get_type_hints(ModelConfig)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f"model.{f.name}"))
+        for name, limit in _SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            low = 0 if name == "type_vocab_size" else 1
+            if not low <= value <= limit:
+                raise ConfigError(f"model.{name} must be between {low} and {limit:,}, got {value}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "
@@ -105,15 +125,38 @@ class ModelConfig:
             )
         if self.position == "rotary" and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head size, got {self.head_dim}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.generator_size <= 1.0:
             raise ConfigError(f"model.generator_size must be in (0, 1], got {self.generator_size}")
         if self.rtd_weight < 0:
             raise ConfigError(f"model.rtd_weight must be >= 0, got {self.rtd_weight}")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
-            raise ConfigError("model.dropout and model.attention_dropout must be in [0, 1)")
+        for name in ("dropout", "attention_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {value}")
+        for name, ok in (("layer_norm_eps", 0.0 < self.layer_norm_eps < 1.0),
+                         ("initializer_range", 0.0 <= self.initializer_range < 10.0),
+                         ("rotary_base", 1.0 < self.rotary_base < 1e12),
+                         ("position_offset", 0 <= self.position_offset < self.max_positions)):
+            if not ok:
+                raise ConfigError(f"model.{name} is out of range: {getattr(self, name)}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"model.{name} must be a token id (>= 0), got {value}")
+        params = self.approx_parameters()
+        if params > _MAX_PARAMETERS:
+            raise ConfigError(f"model: about {params:.2g} parameters ({4 * params / 2**30:,.0f} GiB in fp32); "
+                              "check vocab_size, hidden_size, intermediate_size, num_layers and max_positions")
+
+    def approx_parameters(self) -> int:
+        """The parameter count, to within a few percent (embeddings, blocks, cross-attention)."""
+        h, e = self.hidden_size, self.embedding_size or self.hidden_size
+        embeddings = self.vocab_size * e + (self.max_positions if self.position == "learned" else 0) * e
+        block = 4 * h * h + 2 * h * self.intermediate_size
+        blocks = (1 if self.share_layers else self.num_layers) * block
+        if self.arch == "encoder-decoder":
+            blocks += self.decoder_layers * (block + 4 * h * h)
+        return embeddings + self.type_vocab_size * e + blocks
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,9 +12,15 @@ exit code  meaning
 2          bad input: a file, a field, a flag or a config value (`UserError`)
 3          data on disk does not match what was recorded (`IntegrityError`)
 4          the system refused: no space, permission, read-only folder (`ResourceError`)
-5          training stopped on non-finite values (`plmkit.train.loop.NonFiniteError`)
-130/143    interrupted by SIGINT / SIGTERM after a checkpoint was written
+5          training stopped on non-finite values (`NonFiniteError`)
+6          the output folder is in use by another plmkit run (`BusyError`)
+130/143    interrupted by SIGINT / SIGTERM (`Interrupted`; training first writes a checkpoint)
 =========  =====================================================================
+
+`plmkit.cli` prints one line for these (add ``--debug``, or set ``PLMKIT_DEBUG=1``, for the
+traceback). It also turns a `FileNotFoundError` into exit code 2 and any other `OSError` (no
+space, permission, a file where a folder is expected) into exit code 4. Every other exception
+is a bug in plmkit: its traceback is shown and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -60,4 +66,26 @@ class ResourceError(PlmkitError, OSError):
     exit_code = 4
 
 
-__all__ = ["DataError", "IntegrityError", "PlmkitError", "ResourceError", "UserError"]
+class NonFiniteError(PlmkitError, RuntimeError):
+    """Training met NaN/inf losses or gradients more often than train.max_nonfinite_skips allows."""
+
+    exit_code = 5
+
+
+class BusyError(PlmkitError):
+    """Another plmkit process holds the lock of the output folder."""
+
+    exit_code = 6
+
+
+class Interrupted(PlmkitError):
+    """Stopped by SIGINT or SIGTERM; the exit code is 128 + the signal number (130, 143)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+__all__ = ["BusyError", "DataError", "IntegrityError", "Interrupted", "NonFiniteError", "PlmkitError",
+           "ResourceError", "UserError"]

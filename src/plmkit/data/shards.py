@@ -20,7 +20,14 @@ Whole words: a token starts a word when the pre-tokenizer starts a new word ther
 CJK character counts as a word (and ``meta.json`` records ``"segmenter": "cjk-chars"``).
 
 A build is written to a temporary folder and renamed into place, and it is reused when the
-same inputs (paths, sizes, mtimes), tokenizer and options are asked for again.
+same inputs (paths, sizes, mtimes), tokenizer and options are asked for again. The output folder
+is claimed and locked through `plmkit.outputs`: a folder holding anything plmkit did not write
+(the corpus, say) is never replaced, and two builds of one folder do not run at once.
+
+Text is handed to the tokenizer in pieces of at most ``_PIECE_CHARS`` characters, cut at
+whitespace, so a single huge line costs memory in proportion to the line, not to the tokenizer's
+working set for it. Opening a split checks the file sizes, the offsets and the tokenizer beside
+the shards against what meta.json recorded (`IntegrityError` naming the file otherwise).
 """
 
 from __future__ import annotations
@@ -45,42 +52,22 @@ import numpy as np
 from tqdm import tqdm
 
 from plmkit.data.io import CJK_CHARS, Corpus, Document, ErrorPolicy
-from plmkit.data.tokenizer import Tokenizer
+from plmkit.data.shard_set import (FORMAT, SPECIAL_ROLES, VERSION, ShardSet, SpecialIds, tokenizer_fingerprint,
+                                   unigram_baseline)
+from plmkit.data.tokenizer import Tokenizer, bounded_pieces, vocabulary_digest
+from plmkit.errors import IntegrityError, UserError
+from plmkit.files import no_space_as_error
+from plmkit.outputs import SHARDS, claim_output
 
-FORMAT = "plmkit-shards"
-VERSION = 1
 SPLITS = ("train", "eval")
 _CHUNK_BYTES = 1 << 20  # text per worker task
 _CHUNK_DOCS = 4096
-_SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """Ids of the tokenizer's special tokens (None where the vocabulary has none)."""
-
-    pad: int | None = None
-    unk: int | None = None
-    cls: int | None = None
-    sep: int | None = None
-    mask: int | None = None
-    bos: int | None = None
-    eos: int | None = None
-
-    def present(self) -> list[int]:
-        """The distinct ids that exist."""
-        ids = (self.pad, self.unk, self.cls, self.sep, self.mask, self.bos, self.eos)
-        return sorted({i for i in ids if i is not None})
+_PIECE_CHARS = 1 << 16  # longest text handed to the tokenizer at once (cut at whitespace)
+_BATCH_CHARS = 1 << 20  # text per encode_batch call
 
 
 # ---------------------------------------------------------------------------------------------
 # Encoding (runs in worker processes)
-
-
-def tokenizer_fingerprint(tok: Tokenizer) -> str:
-    """sha256 of the tokenizer's full serialization (model, normalizer, pre-tokenizer) and roles."""
-    payload = tok.backend.to_str() + json.dumps(tok.special_tokens, sort_keys=True)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def segmenter_name() -> str:
@@ -96,7 +83,7 @@ def segmenter_name() -> str:
 class _Chunk:
     """Tokens of consecutive documents; sentences and documents as lengths."""
 
-    tokens: np.ndarray  # (N,) uint32
+    tokens: np.ndarray  # (N,) uint16 (vocabulary up to 65536) or uint32
     word_start: np.ndarray  # (N,) uint8
     sentence_lengths: np.ndarray  # (S,) int64, all > 0
     document_sentences: np.ndarray  # (D,) int64, may be 0 (document had no tokens)
@@ -113,24 +100,51 @@ class _Encoder:
         self._segmenter = segmenter_name()
 
     def encode(self, docs: Sequence[Document]) -> _Chunk:
-        texts = [s if j == 0 else self.joiner + s for doc in docs for j, s in enumerate(doc)]
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
-        lengths = np.asarray([len(e.ids) for e in encodings], dtype=np.int64)
-        total = int(lengths.sum())
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.uint32, count=total)
+        sentences = [s if j == 0 else self.joiner + s for doc in docs for j, s in enumerate(doc)]
+        pieces = ((i, piece) for i, text in enumerate(sentences) for piece in bounded_pieces(text, _PIECE_CHARS))
+        ids, starts, owner, piece_lengths = self._encode_pieces(pieces)
+        lengths = np.bincount(owner, weights=piece_lengths, minlength=len(sentences)).astype(np.int64)
         bounds = np.cumsum([0] + [len(d) for d in docs])
         kept = np.concatenate([[0], np.cumsum(lengths > 0)])
         return _Chunk(
             tokens=ids,
-            word_start=self._word_starts(texts, encodings, lengths),
+            word_start=starts,
             sentence_lengths=lengths[lengths > 0],
             document_sentences=(kept[bounds[1:]] - kept[bounds[:-1]]).astype(np.int64),
-            text_bytes=sum(len(t.encode("utf-8")) for t in texts),
+            text_bytes=sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in sentences),
         )
+
+    def _encode_pieces(self, pieces: Iterator[tuple[int, str]]) -> tuple[np.ndarray, ...]:
+        """(ids (N,), word starts (N,) uint8, sentence of each piece (P,), tokens per piece (P,)) of
+        (sentence, text piece) pairs, encoded in batches of about _BATCH_CHARS characters so that
+        the tokenizer's per-token objects stay bounded. Ids are uint16 when the vocabulary fits."""
+        dtype = np.uint16 if self.backend.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.uint32
+        ids, starts, owners, lengths = [], [], [], []
+        batch: list[str] = []
+        size = 0
+        for owner, piece in chain(pieces, [(-1, None)]):
+            if batch and (piece is None or size + len(piece) > _BATCH_CHARS):
+                encodings = self.backend.encode_batch(batch, add_special_tokens=False)
+                n = np.asarray([len(e.ids) for e in encodings], dtype=np.int64)
+                ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=dtype, count=int(n.sum())))
+                starts.append(self._word_starts(batch, encodings, n))
+                lengths.append(n)
+                batch, size = [], 0
+            if piece is not None:
+                batch.append(piece)
+                owners.append(owner)
+                size += len(piece)
+        if not lengths:
+            return np.zeros(0, dtype), np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ids_all = np.concatenate(ids) if len(ids) > 1 else ids[0]
+        del ids
+        return ids_all, np.concatenate(starts), np.asarray(owners, dtype=np.int64), np.concatenate(lengths)
 
     def _word_starts(self, texts: list[str], encodings: list[Any], lengths: np.ndarray) -> np.ndarray:
         """(N,) uint8 over all tokens: 1 where a token begins a word, i.e. the pre-tokenizer's word
-        changes, or (for a token starting with a CJK ideograph) a segmenter word begins there."""
+        changes, or (for a token starting with a CJK ideograph) a segmenter word begins there.
+        The first token of each text counts as a word start (pieces of a long text are cut at
+        whitespace)."""
         total = int(lengths.sum())
         word_ids = (-1 if w is None else w for e in encodings for w in e.word_ids)
         words = np.fromiter(word_ids, dtype=np.int64, count=total)
@@ -222,31 +236,28 @@ class _SplitWriter:
         self.files["documents"].write(np.zeros(1, np.int64).tobytes())
 
     def write(self, chunk: _Chunk, docs: np.ndarray) -> None:
-        """Append the chunk's documents at indices ``docs`` (ascending)."""
+        """Append the chunk's documents at indices ``docs`` (ascending), run by run of consecutive
+        documents: slices of the chunk, no per-token index arrays (a huge document stays cheap)."""
         sent_bounds = np.concatenate([[0], np.cumsum(chunk.document_sentences)])
         tok_bounds = np.concatenate([[0], np.cumsum(chunk.sentence_lengths)])
-        doc_sentences = chunk.document_sentences[docs]
-        sentences = _ranges(sent_bounds[docs], doc_sentences)
-        lengths = chunk.sentence_lengths[sentences]
-        tokens = _ranges(tok_bounds[sentences], lengths)
-        self.files["tokens"].write(chunk.tokens[tokens].astype(self.dtype).tobytes())
-        self.files["word_start"].write(chunk.word_start[tokens].tobytes())
-        self.files["sentences"].write((self.tokens + np.cumsum(lengths)).astype(np.int64).tobytes())
-        self.files["documents"].write((self.sentences + np.cumsum(doc_sentences)).astype(np.int64).tobytes())
-        self.tokens += len(tokens)
-        self.sentences += len(sentences)
-        self.documents += len(docs)
+        for run in np.split(docs, np.flatnonzero(np.diff(docs) != 1) + 1) if len(docs) else []:
+            d0, d1 = int(run[0]), int(run[-1]) + 1
+            s0, s1 = int(sent_bounds[d0]), int(sent_bounds[d1])
+            t0, t1 = int(tok_bounds[s0]), int(tok_bounds[s1])
+            chunk.tokens[t0:t1].astype(self.dtype, copy=False).tofile(self.files["tokens"])
+            chunk.word_start[t0:t1].tofile(self.files["word_start"])
+            lengths = chunk.sentence_lengths[s0:s1]
+            self.files["sentences"].write((self.tokens + np.cumsum(lengths)).astype(np.int64).tobytes())
+            self.files["documents"].write(
+                (self.sentences + np.cumsum(chunk.document_sentences[d0:d1])).astype(np.int64).tobytes())
+            self.tokens += t1 - t0
+            self.sentences += s1 - s0
+            self.documents += d1 - d0
 
     def close(self) -> dict[str, int]:
         for f in self.files.values():
             f.close()
         return {"documents": self.documents, "sentences": self.sentences, "tokens": self.tokens}
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(start, start + count) for each pair, as int64."""
-    offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
-    return (offsets + np.arange(int(counts.sum()))).astype(np.int64)
 
 
 def _held_out(doc_indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -354,20 +365,19 @@ def prepare(
     total = sum(s["size"] for s in build["sources"])
     if workers is None:
         workers = 1 if total < 2 * _CHUNK_BYTES else min(8, os.cpu_count() or 1)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        counts = _write_splits(corpus, tokenizer, str(tokenizer_dir), tmp, token_dtype, options, workers, total,
-                               progress)
-        tokenizer.save(tmp / "tokenizer")
-        meta = _meta(tokenizer, build, build_key, token_dtype, counts, corpus)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    inputs = [*corpus.files, Path(tokenizer_dir)]
+    with claim_output(out, SHARDS, inputs=inputs, replace=True) as claim, \
+            no_space_as_error(out, "the shards were not written (an earlier build there is unchanged)"):
+        tmp = claim.temp_dir()
+        try:
+            counts = _write_splits(corpus, tokenizer, str(tokenizer_dir), tmp, token_dtype, options, workers, total,
+                                   progress)
+            tokenizer.save(tmp / "tokenizer")
+            meta = _meta(tokenizer, build, build_key, token_dtype, counts, corpus)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            claim.publish(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     _say(progress, _summary(out, counts, corpus))
     return out
 
@@ -383,22 +393,30 @@ def _choose_dtype(dtype: str, vocab_size: int) -> np.dtype:
 
 
 def _reusable(out: Path, build: dict[str, Any], build_key: str, overwrite: bool) -> bool:
-    """True when ``out`` already holds this build; an error when it holds another (unless overwrite)."""
-    if not out.exists():
-        return False
+    """True when ``out`` already holds this build, intact; an error when it holds another build (unless
+    overwrite). Whether any other folder may be written is `plmkit.outputs.claim_output`'s call."""
     meta_path = out / "meta.json"
     if not meta_path.is_file():
-        if overwrite or (out.is_dir() and not any(out.iterdir())):
-            return False
-        raise ValueError(f"{out}: exists and is not a shard folder (no meta.json); choose another output")
-    old = json.loads(meta_path.read_text(encoding="utf-8"))
+        return False
+    try:
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        return False
     if old.get("build_key") == build_key:
+        try:
+            for split in old.get("splits", {}):
+                ShardSet.open(out, split)
+        except IntegrityError as e:
+            _say(True, f"{out}: rebuilding: {e}")
+            return False
         return True
     if overwrite:
         return False
     differs = [k for k in ("sources", "tokenizer", "options") if old.get("build", {}).get(k) != build[k]]
-    raise ValueError(f"{out}: holds shards built from other {', '.join(differs) or 'settings'}; "
-                     "use overwrite=True (--overwrite) to rebuild")
+    raise UserError(f"{out}: holds shards built from other {', '.join(differs) or 'settings'}; "
+                    "use overwrite=True (--overwrite) to rebuild")
 
 
 def _write_splits(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, tmp: Path, dtype: np.dtype,
@@ -426,13 +444,13 @@ def _write_splits(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, tmp
 
 def _meta(tokenizer: Tokenizer, build: dict[str, Any], build_key: str, dtype: np.dtype,
           counts: dict[str, dict[str, int]], corpus: Corpus) -> dict[str, Any]:
-    specials = {role: getattr(tokenizer, f"{role}_id") for role in _SPECIAL_ROLES}
+    specials = {role: getattr(tokenizer, f"{role}_id") for role in SPECIAL_ROLES}
     return {
         "format": FORMAT,
         "version": VERSION,
         "dtype": dtype.name,
-        "tokenizer": {"fingerprint": build["tokenizer"], "kind": tokenizer.kind,
-                      "vocab_size": tokenizer.vocab_size, "special_ids": specials},
+        "tokenizer": {"fingerprint": build["tokenizer"], "vocabulary": vocabulary_digest(tokenizer),
+                      "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "special_ids": specials},
         "splits": counts,
         "read": {"files": corpus.stats.files, "documents": corpus.stats.documents,
                  "sentences": corpus.stats.sentences, "bytes": corpus.stats.bytes,
@@ -460,109 +478,6 @@ def _say(enabled: bool, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading
-
-
-class ShardSet:
-    """Random access to one split of a shard folder.
-
-    Attributes:
-        tokens: (N,) memory-mapped token ids of the split, documents back to back.
-        word_start: (N,) memory-mapped uint8, 1 where a token starts a whole word.
-        sentence_offsets: (S + 1,) int64, sentence j is ``tokens[sentence_offsets[j]:sentence_offsets[j + 1]]``.
-        document_offsets: (D + 1,) int64, document i holds sentences ``document_offsets[i]:document_offsets[i + 1]``.
-        document_token_offsets: (D + 1,) int64, document i is ``tokens[a:b]`` with these bounds.
-        specials: the tokenizer's special ids; ``vocab_size``: its vocabulary size.
-    """
-
-    def __init__(self, path: Path, split: str, meta: dict[str, Any]) -> None:
-        self.path = path
-        self.split = split
-        self.meta = meta
-        folder = path / split
-        self.dtype = np.dtype(meta["dtype"])
-        self.tokens = _memmap(folder / "tokens.bin", self.dtype)
-        self.word_start = _memmap(folder / "word_start.bin", np.dtype(np.uint8))
-        self.sentence_offsets = np.fromfile(folder / "sentences.bin", dtype=np.int64)
-        self.document_offsets = np.fromfile(folder / "documents.bin", dtype=np.int64)
-        self.document_token_offsets = self.sentence_offsets[self.document_offsets]
-        info = meta["tokenizer"]
-        self.vocab_size: int = int(info["vocab_size"])
-        self.kind: str = info["kind"]
-        self.specials = SpecialIds(**{k: info["special_ids"].get(k) for k in _SPECIAL_ROLES})
-
-    @classmethod
-    def open(cls, path: str | Path, split: str = "train") -> ShardSet:
-        """Open a split ("train" or "eval") of a folder written by :func:`prepare`."""
-        path = Path(path)
-        meta_path = path / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{path}: not a shard folder (no meta.json); build one with `plmkit prepare`")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"{meta_path}: not {FORMAT} version {VERSION} (format {meta.get('format')!r}, "
-                             f"version {meta.get('version')!r}); rebuild with `plmkit prepare`")
-        if split not in meta["splits"]:
-            raise ValueError(f"{path}: no split {split!r}; splits are {', '.join(meta['splits'])}")
-        return cls(path, split, meta)
-
-    @property
-    def tokenizer_path(self) -> Path:
-        """The folder with the tokenizer the shards were built with."""
-        return self.path / "tokenizer"
-
-    @property
-    def num_documents(self) -> int:
-        return len(self.document_offsets) - 1
-
-    @property
-    def num_sentences(self) -> int:
-        return len(self.sentence_offsets) - 1
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tokens)
-
-    def __len__(self) -> int:
-        return self.num_documents
-
-    def document(self, i: int) -> np.ndarray:
-        """(n,) token ids of document ``i`` (its sentences back to back)."""
-        a, b = self.document_token_offsets[i], self.document_token_offsets[i + 1]
-        return np.asarray(self.tokens[a:b])
-
-    def sentence(self, j: int) -> np.ndarray:
-        """(n,) token ids of sentence ``j`` (global sentence index)."""
-        return np.asarray(self.tokens[self.sentence_offsets[j] : self.sentence_offsets[j + 1]])
-
-    def sentences(self, i: int) -> list[np.ndarray]:
-        """The sentences of document ``i``, each (n_j,) token ids."""
-        return [self.sentence(j) for j in range(self.document_offsets[i], self.document_offsets[i + 1])]
-
-    def __repr__(self) -> str:
-        return (f"ShardSet({str(self.path)!r}, split={self.split!r}, documents={self.num_documents}, "
-                f"sentences={self.num_sentences}, tokens={self.num_tokens}, dtype={self.dtype.name})")
-
-
-def unigram_baseline(shards_dir: str | Path) -> float:
-    """Cross-entropy (nats) of the held-out split's non-special tokens under the train split's
-    unigram distribution (add-one smoothed): the plateau a language model must get below."""
-    train, held = ShardSet.open(shards_dir, "train"), ShardSet.open(shards_dir, "eval")
-    specials = train.specials.present()
-    counts = np.bincount(np.asarray(train.tokens), minlength=train.vocab_size).astype(np.float64)
-    counts[specials] = 0
-    probs = (counts + 1) / (counts.sum() + train.vocab_size)
-    ids = np.asarray(held.tokens)
-    return float(-np.log(probs[ids[~np.isin(ids, specials)]]).mean())
-
-
-def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
-    if path.stat().st_size == 0:  # numpy cannot map an empty file
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI: plmkit prepare
 
 
@@ -582,7 +497,9 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(8, CPUs))")
     parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild when the output holds other shards")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild when the output holds other shards (a folder is replaced only when plmkit "
+                             "made it and it holds nothing else)")
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -593,3 +510,7 @@ def cli_run(args: argparse.Namespace) -> int:
             split_sentences=args.split_sentences, errors=args.errors, holdout=args.holdout, seed=args.seed,
             workers=args.workers, dtype=args.dtype, overwrite=args.overwrite)
     return 0
+
+
+__all__ = ["FORMAT", "VERSION", "ShardSet", "SpecialIds", "prepare", "segmenter_name", "tokenizer_fingerprint",
+           "unigram_baseline"]

@@ -13,12 +13,16 @@ role (pad, unk, cls, sep, mask, bos, eos). Three styles are built in:
 Files understood: ``vocab.txt`` (BERT), ``vocab.json`` + ``merges.txt`` (GPT-2 / RoBERTa) and
 ``tokenizer.json`` (any tokenizers model). `Tokenizer.save` writes all of them plus
 ``tokenizer_config.json`` and ``special_tokens_map.json`` so `transformers.AutoTokenizer` loads the
-folder with identical ids. The ``plmkit tokenizer`` subcommand (train / encode) lives at the end.
+folder with identical ids. The ``plmkit tokenizer`` subcommand (train / encode) is in
+`plmkit.data.tokenizer_cli`.
+
+Training text reaches the tokenizer in pieces of at most ``_PIECE_CHARS`` characters, cut at
+whitespace (`bounded_pieces`): a single line of hundreds of megabytes trains in bounded memory.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -46,6 +50,8 @@ _ROLE_NAMES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[C
                "bos": ("<s>", GPT2_EOT), "eos": ("</s>", GPT2_EOT)}
 _MODEL_KINDS = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram", "WordLevel": "wordlevel"}
 _HUGE = 10**9  # HF writes model_max_length = 1e30 for "no limit"
+_PIECE_CHARS = 1 << 16  # longest text the trainer sees at once
+_SPACES = (" ", "\t", "\n", "\r", "\u3000", "\xa0")
 
 
 @dataclass
@@ -103,6 +109,8 @@ class Tokenizer:
         self.lowercase = lowercase
         self.model_max_length = model_max_length
         self.padding_side = padding_side
+        self.source: Path | None = None
+        """The file or folder `load` read this tokenizer from (None when built in memory)."""
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers (the lock is not)
@@ -285,24 +293,33 @@ class Tokenizer:
         if path.is_dir():
             for name in ("tokenizer.json", "vocab.txt", "vocab.json"):
                 if (path / name).is_file():
-                    return cls.load(path / name, lowercase=lowercase, merges=merges)
+                    tokenizer = cls.load(path / name, lowercase=lowercase, merges=merges)
+                    tokenizer.source = path
+                    return tokenizer
             raise FileNotFoundError(f"{path}: no tokenizer.json, vocab.txt or vocab.json + merges.txt in this folder")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such tokenizer file or folder")
         if path.suffix == ".json":
             data = _read_json(path)
             if isinstance(data, dict) and isinstance(data.get("model"), dict):
-                return _from_tokenizer_json(path)
-            return _from_bpe_files(path, _merges_path(path, merges))
-        if path.name.endswith("merges.txt"):
+                tokenizer = _from_tokenizer_json(path)
+            else:
+                tokenizer = _from_bpe_files(path, _merges_path(path, merges))
+        elif path.name.endswith("merges.txt"):
             raise ValueError(f"{path}: a merges file alone is not a tokenizer; pass its vocab.json or the folder")
-        if lowercase is None and isinstance(_sidecar_config(path.parent).get("do_lower_case"), bool):
-            lowercase = _sidecar_config(path.parent)["do_lower_case"]
-        return _from_vocab_txt(path, lowercase)
+        else:
+            if lowercase is None and isinstance(_sidecar_config(path.parent).get("do_lower_case"), bool):
+                lowercase = _sidecar_config(path.parent)["do_lower_case"]
+            tokenizer = _from_vocab_txt(path, lowercase)
+        tokenizer.source = path
+        return tokenizer
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write tokenizer.json, vocab.txt or vocab.json + merges.txt, tokenizer_config.json and
-        special_tokens_map.json into ``directory`` (created if needed); returns the folder."""
+        special_tokens_map.json into ``directory`` (created if needed); returns the folder.
+
+        Files of those names already in ``directory`` are replaced (as with a model's
+        ``save_pretrained``); ``plmkit tokenizer train -o`` checks the folder first."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -370,6 +387,38 @@ class Tokenizer:
                           f"{vocab_size}; pass limit_alphabet or a larger vocab_size", stacklevel=2)
         _set_pipeline(backend, style, lowercase, roles)  # the template needs the final ids
         return cls(backend, kind, roles, lowercase=lowercase)
+
+
+# ---- identity -------------------------------------------------------------------------------
+def _merges(tokenizer: Tokenizer) -> list[str]:
+    model = json.loads(tokenizer.backend.to_str()).get("model", {})
+    return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", None) or []]
+
+
+def vocabulary_digest(tokenizer: Tokenizer) -> str:
+    """sha256 of what decides the ids: tokens and ids, BPE merges, special-token roles, casing."""
+    payload = json.dumps([sorted(tokenizer.get_vocab().items()), _merges(tokenizer),
+                          sorted(tokenizer.special_tokens.items()), tokenizer.lowercase], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def tokenizer_differences(a: Tokenizer, b: Tokenizer) -> list[str]:
+    """How `b` would give other ids than `a`, in words (empty when they agree)."""
+    found = []
+    va, vb = a.get_vocab(), b.get_vocab()
+    if len(va) != len(vb):
+        found.append(f"vocabulary size {len(va)} vs {len(vb)}")
+    moved = sorted((i, t) for t, i in va.items() if vb.get(t) != i)
+    if moved:
+        examples = ", ".join(f"{t!r} is {i} vs {vb.get(t)}" for i, t in moved[:3])
+        found.append(f"{len(moved)} of {len(va)} tokens have another id or are missing ({examples})")
+    elif _merges(a) != _merges(b):
+        found.append("the BPE merges differ")
+    if a.special_tokens != b.special_tokens:
+        found.append(f"special tokens {a.special_tokens} vs {b.special_tokens}")
+    if a.lowercase != b.lowercase:
+        found.append(f"lowercasing {a.lowercase} vs {b.lowercase}")
+    return found
 
 
 # ---- pipelines ------------------------------------------------------------------------------
@@ -599,8 +648,27 @@ def _training_texts(source: Any, field_name: str | None) -> Iterator[str]:
 
     if isinstance(source, (str, os.PathLike)) or (isinstance(source, (list, tuple)) and source
                                                   and all(map(is_file, source))):
-        return _file_lines(source, field_name)
-    return (t for t in source if isinstance(t, str) and t.strip())
+        texts = _file_lines(source, field_name)
+    else:
+        texts = (t for t in source if isinstance(t, str) and t.strip())
+    return (piece for text in texts for piece in bounded_pieces(text, _PIECE_CHARS))
+
+
+def bounded_pieces(text: str, limit: int) -> Iterator[str]:
+    """`text` in pieces of at most `limit` characters whose concatenation is `text`.
+
+    Each cut falls just before a whitespace character (the piece after it starts with that
+    space, as the pre-tokenizers expect of a following word), or anywhere in a stretch of
+    `limit` characters without whitespace.
+    """
+    start, end = 0, len(text)
+    while end - start > limit:
+        stop = start + limit
+        cut = max(text.rfind(space, start + 1, stop + 1) for space in _SPACES)
+        cut = cut if cut > start else stop
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def _file_lines(paths: Any, field_name: str | None) -> Iterator[str]:
@@ -609,46 +677,3 @@ def _file_lines(paths: Any, field_name: str | None) -> Iterator[str]:
 
     corpus = Corpus(paths if isinstance(paths, (list, tuple)) else [paths], field=field_name or "text")
     return (sentence for doc in corpus for sentence in doc if sentence.strip())
-
-
-# ---- command line ---------------------------------------------------------------------------
-def cli_configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    train = sub.add_parser("train", help="train a WordPiece or byte-level BPE tokenizer")
-    train.add_argument("files", nargs="+", help="text files, folders or globs (.txt .jsonl .json .tsv .csv, .gz)")
-    train.add_argument("--kind", choices=("wordpiece", "bpe"), default="wordpiece")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
-                       help="lowercase (default for wordpiece)")
-    train.add_argument("--no-lowercase", dest="lowercase", action="store_false", help="keep case (default for bpe)")
-    train.add_argument("--min-frequency", type=int, default=2)
-    train.add_argument("--style", choices=("bert", "gpt2", "roberta"), default=None,
-                       help="special tokens and template (bpe: gpt2 or roberta)")
-    train.add_argument("--field", default=None, help="JSON field / CSV header of the text (default: text)")
-    train.add_argument("-o", "--output", required=True, help="folder to write the tokenizer to")
-    encode = sub.add_parser("encode", help="print the tokens and ids of a text")
-    encode.add_argument("tokenizer", help="tokenizer folder or file")
-    encode.add_argument("text")
-    encode.add_argument("--pair", default=None, help="second text of a pair")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    if args.action == "train":
-        tok = Tokenizer.train([Path(f) for f in args.files], kind=args.kind, vocab_size=args.vocab_size,
-                              lowercase=args.lowercase, min_frequency=args.min_frequency, style=args.style,
-                              field_name=args.field, show_progress=True)
-        out = tok.save(args.output)
-        print(f"{tok.kind} tokenizer, vocab size {tok.vocab_size}, saved to {out}")
-        sample = next(_file_lines(args.files, args.field), "")[:200]
-        _print_encoding(tok, sample, None)
-        return 0
-    tok = Tokenizer.load(args.tokenizer)
-    _print_encoding(tok, args.text, args.pair)
-    return 0
-
-
-def _print_encoding(tok: Tokenizer, text: str, pair: str | None) -> None:
-    enc = tok.encode(text, pair)
-    print(f"text:   {text!r}" + (f"  pair: {pair!r}" if pair is not None else ""))
-    print(f"tokens: {enc.tokens}")
-    print(f"ids:    {enc.ids}")

@@ -20,6 +20,7 @@ from plmkit.explain.attention import (
 from plmkit.explain.attribution import (
     Attribution, explain_text, integrated_gradients, render_html, render_text, token_embedding,
 )
+from plmkit.outputs import EXPLAIN, claim_output
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", choices=("pad", "zero"), default="pad")
     parser.add_argument("--n-steps", type=int, default=50)
     parser.add_argument("--layer", type=int, default=-1, help="attention layer to plot (negative counts from the end)")
-    parser.add_argument("-o", "--output", default="explain", help="folder for attribution.html / attention PNGs")
+    parser.add_argument("-o", "--output", default="explain",
+                        help="folder for attribution.html / attention PNGs: new, empty, or one explain wrote")
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -40,8 +42,11 @@ def cli_run(args: argparse.Namespace) -> int:
     from plmkit.models import load
 
     model, tokenizer = load(args.run_dir), Tokenizer.load(args.run_dir)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output(args.output, EXPLAIN, inputs=[args.run_dir]) as claim:  # never over files of yours
+        return _explain(model, tokenizer, args, claim.ensure())
+
+
+def _explain(model, tokenizer, args: argparse.Namespace, out: Path) -> int:
     method = args.method
     if method == "auto":
         method = "ig" if model.task == "sequence-classification" else "attention"

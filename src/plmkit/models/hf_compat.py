@@ -10,6 +10,7 @@ re-ties them from `tie_word_embeddings`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,59 +290,112 @@ def _gpt2_fields(cfg: ModelConfig) -> dict[str, Any]:
                 n_positions=cfg.max_positions, layer_norm_epsilon=cfg.layer_norm_eps)
 
 
-def config_from_hf(d: dict[str, Any], where: str = "config.json") -> tuple[ModelConfig, str]:
-    """(ModelConfig, task) from a config.json written by plmkit or by `transformers`."""
+def config_from_hf(d: Any, where: str = "config.json") -> tuple[ModelConfig, str]:
+    """(ModelConfig, task) from a config.json written by plmkit or by `transformers`.
+
+    Every value is checked before a model is built: a missing or mistyped field, or a size
+    that cannot be right, is a ConfigError naming the field (the config.json name, and
+    plmkit's where it differs).
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(d).__name__}")
     if "plmkit" in d:
         section = d["plmkit"]
-        return from_dict(ModelConfig, section["config"], where), section["task"]
+        if not isinstance(section, dict) or not isinstance(section.get("config"), dict) \
+                or not isinstance(section.get("task"), str):
+            raise ConfigError(f"{where}: the plmkit section needs a 'config' object and a 'task' name")
+        try:
+            return from_dict(ModelConfig, section["config"], "model"), section["task"]
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     kind = d.get("model_type")
     if kind not in HF_FAMILIES:
         raise ConfigError(f"{where}: unsupported model_type {kind!r}; plmkit reads {', '.join(HF_FAMILIES)}")
     archs = d.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ConfigError(f"{where}: architectures must be a list of class names, got {archs!r}")
     task = task_of(archs[0]) if archs else ("causal-lm" if kind == "gpt2" else "feature-extraction")
-    fields = _gpt2_from_hf(d) if kind == "gpt2" else _encoder_from_hf(d, kind)
-    problem = {v: k for k, v in _PROBLEM_TO_HF.items()}.get(d.get("problem_type") or "", "single_label")
+    names: dict[str, str] = {}  # plmkit field -> config.json field, for messages
+    fields = _gpt2_from_hf(d, names, where) if kind == "gpt2" else _encoder_from_hf(d, kind, names, where)
+    problem = {v: k for k, v in _PROBLEM_TO_HF.items()}.get(str(d.get("problem_type") or ""), "single_label")
     fields.update(family=kind, initializer_range=d.get("initializer_range", 0.02),
                   bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
                   tie_embeddings=d.get("tie_word_embeddings", True), problem_type=problem)
-    if task in ("sequence-classification", "token-classification") and d.get("id2label"):
-        fields["id2label"] = {int(k): v for k, v in d["id2label"].items()}
+    labels = d.get("id2label")
+    if task in ("sequence-classification", "token-classification") and labels:
+        if not isinstance(labels, dict) or not all(str(k).lstrip("-").isdigit() for k in labels):
+            raise ConfigError(f"{where}: id2label must map class ids to names, got {labels!r}")
+        fields["id2label"] = {int(k): v for k, v in labels.items()}
     try:
-        return ModelConfig(**fields), task
-    except (TypeError, KeyError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        return from_dict(ModelConfig, fields, "model"), task
+    except ConfigError as e:
+        message = re.sub(r"model\.(\w+)", lambda m: names.get(m.group(1), m.group(1)), str(e))
+        raise ConfigError(f"{where}: {message}") from None
 
 
-def _encoder_from_hf(d: dict[str, Any], kind: str) -> dict[str, Any]:
-    pad = d.get("pad_token_id", 1 if kind == "roberta" else 0)
-    fields = dict(arch="encoder", vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
-                  num_layers=d["num_hidden_layers"], num_heads=d["num_attention_heads"],
-                  intermediate_size=d["intermediate_size"],
-                  activation=_ACT_FROM_HF[d.get("hidden_act", "gelu_new" if kind == "albert" else "gelu")],
-                  norm="post", max_positions=d.get("max_position_embeddings", 512),
-                  type_vocab_size=d.get("type_vocab_size", 2), dropout=d.get("hidden_dropout_prob", 0.1),
-                  attention_dropout=d.get("attention_probs_dropout_prob", 0.1),
-                  layer_norm_eps=d.get("layer_norm_eps", 1e-12), pad_token_id=pad,
+_REQUIRED = object()
+
+
+def _get(d: dict[str, Any], key: str, names: dict[str, str], ours: str, where: str, default: Any = _REQUIRED) -> Any:
+    """d[key] (or `default`), remembering that plmkit calls it `ours`; a missing required key is a ConfigError."""
+    names[ours] = key if key == ours else f"{key} (model.{ours})"
+    if key not in d or d[key] is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"{where}: missing field {key}")
+        return default
+    return d[key]
+
+
+def _activation(name: Any, key: str, where: str) -> str:
+    if name not in _ACT_FROM_HF:
+        raise ConfigError(f"{where}: {key} {name!r} is not supported; plmkit knows {', '.join(_ACT_FROM_HF)}")
+    return _ACT_FROM_HF[name]
+
+
+def _encoder_from_hf(d: dict[str, Any], kind: str, names: dict[str, str], where: str) -> dict[str, Any]:
+    def get(key: str, ours: str, default: Any = _REQUIRED) -> Any:
+        return _get(d, key, names, ours, where, default)
+
+    pad = get("pad_token_id", "pad_token_id", 1 if kind == "roberta" else 0)
+    fields = dict(arch="encoder", vocab_size=get("vocab_size", "vocab_size"), hidden_size=get("hidden_size", "hidden_size"),
+                  num_layers=get("num_hidden_layers", "num_layers"), num_heads=get("num_attention_heads", "num_heads"),
+                  intermediate_size=get("intermediate_size", "intermediate_size"),
+                  activation=_activation(d.get("hidden_act", "gelu_new" if kind == "albert" else "gelu"),
+                                         "hidden_act", where),
+                  norm="post", max_positions=get("max_position_embeddings", "max_positions", 512),
+                  type_vocab_size=get("type_vocab_size", "type_vocab_size", 2),
+                  dropout=get("hidden_dropout_prob", "dropout", 0.1),
+                  attention_dropout=get("attention_probs_dropout_prob", "attention_dropout", 0.1),
+                  layer_norm_eps=get("layer_norm_eps", "layer_norm_eps", 1e-12), pad_token_id=pad,
                   classifier_dropout=d.get("classifier_dropout"))
     if kind == "roberta":
+        if not isinstance(pad, int) or isinstance(pad, bool):
+            raise ConfigError(f"{where}: pad_token_id: expected an integer, got {pad!r}")
         fields["position_offset"] = pad + 1
     if kind == "electra":
         fields["embedding_size"] = d.get("embedding_size", d["hidden_size"])
     if kind == "albert":
-        groups, layers = d.get("num_hidden_groups", 1), d["num_hidden_layers"]
+        groups, layers = d.get("num_hidden_groups", 1), fields["num_layers"]
         if groups not in (1, layers) or d.get("inner_group_num", 1) != 1:
             raise ConfigError("ALBERT with num_hidden_groups other than 1 or num_hidden_layers is not supported")
-        fields.update(embedding_size=d.get("embedding_size", 128), share_layers=groups == 1)
+        fields.update(embedding_size=get("embedding_size", "embedding_size", 128), share_layers=groups == 1)
     return fields
 
 
-def _gpt2_from_hf(d: dict[str, Any]) -> dict[str, Any]:
-    c = d["n_embd"]
+def _gpt2_from_hf(d: dict[str, Any], names: dict[str, str], where: str) -> dict[str, Any]:
+    def get(key: str, ours: str, default: Any = _REQUIRED) -> Any:
+        return _get(d, key, names, ours, where, default)
+
+    c = get("n_embd", "hidden_size")
     eos = d.get("eos_token_id", 50256)
-    return dict(arch="decoder", vocab_size=d["vocab_size"], hidden_size=c, num_layers=d["n_layer"],
-                num_heads=d["n_head"], intermediate_size=d.get("n_inner") or 4 * c,
-                activation=_ACT_FROM_HF[d.get("activation_function", "gelu_new")], norm="pre",
-                max_positions=d.get("n_positions", 1024), type_vocab_size=0,
-                dropout=d.get("resid_pdrop", 0.1), attention_dropout=d.get("attn_pdrop", 0.1),
-                layer_norm_eps=d.get("layer_norm_epsilon", 1e-5),
+    inner = get("n_inner", "intermediate_size", None)
+    if inner is None:
+        inner = 4 * c if isinstance(c, int) and not isinstance(c, bool) else c
+    return dict(arch="decoder", vocab_size=get("vocab_size", "vocab_size"), hidden_size=c,
+                num_layers=get("n_layer", "num_layers"), num_heads=get("n_head", "num_heads"),
+                intermediate_size=inner,
+                activation=_activation(d.get("activation_function", "gelu_new"), "activation_function", where),
+                norm="pre", max_positions=get("n_positions", "max_positions", 1024), type_vocab_size=0,
+                dropout=get("resid_pdrop", "dropout", 0.1), attention_dropout=get("attn_pdrop", "attention_dropout", 0.1),
+                layer_norm_eps=get("layer_norm_epsilon", "layer_norm_eps", 1e-5),
                 pad_token_id=d.get("pad_token_id") if d.get("pad_token_id") is not None else eos)

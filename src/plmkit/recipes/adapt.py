@@ -28,6 +28,7 @@ from plmkit.config import ConfigError
 from plmkit.data.shards import prepare
 from plmkit.files import atomic_write_text
 from plmkit.models import read_config
+from plmkit.outputs import RUN, claim_output
 from plmkit.recipes.pretrain import DataConfig, PretrainConfig, pretrain
 from plmkit.train.loop import TrainConfig
 
@@ -77,6 +78,8 @@ def adapted_model(cfg: FinetuneConfig, texts: Iterable[str]) -> FinetuneConfig:
     model_config, _ = read_config(source)
     if model_config.arch != "encoder":
         raise ConfigError(f"task-adaptive pretraining is for encoders; {source} is a {model_config.arch}")
+    with claim_output(cfg.out, RUN, inputs=[cfg.train_file, *adapt.files]) as claim:  # the run's folder, checked
+        claim.ensure()  # and marked before anything is written into it
     out = Path(cfg.out) / ADAPT_DIR
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "texts.txt"

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.data.tokenizer import Tokenizer
+from plmkit.outputs import DEMO, claim_output
 from plmkit.recipes.pretrain import load_config, pretrain
 
 BUNDLED = Path(__file__).resolve().parents[3] / "data" / "demo"
@@ -119,9 +119,12 @@ def show_generation(gpt_dir: Path, bert_dir: Path) -> None:
 def run_demo(out: Path, data: Path = BUNDLED, scale: float = 1.0) -> dict:
     """Run every step; `scale` multiplies the step counts (0.1 for a smoke run)."""
     started = time.perf_counter()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    with claim_output(out, DEMO, inputs=[data], replace=True) as claim:  # a demo folder plmkit made, or new
+        claim.clear()
+        return _run_steps(out, data, scale, started)
+
+
+def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     wordpiece, bpe = train_tokenizers(data, out)
     runs = pretrain_models(data, out, wordpiece, bpe, scale)
     accuracy = finetune_sentiment(data, out, runs["bert"].final_dir, wordpiece, scale)
@@ -149,7 +152,8 @@ def run_demo(out: Path, data: Path = BUNDLED, scale: float = 1.0) -> dict:
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="runs/demo", help="output folder (replaced on each run)")
+    parser.add_argument("-o", "--output", default="runs/demo",
+                        help="output folder: new, empty, or the folder of an earlier demo (replaced)")
     parser.add_argument("--data", default=str(BUNDLED), help="folder with the bundled samples")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (0.1 = smoke run)")
 

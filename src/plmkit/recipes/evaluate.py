@@ -19,6 +19,7 @@ import torch
 from plmkit.config import apply_overrides
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.models import PretrainedModel, load
+from plmkit.outputs import check_output_file
 from plmkit.recipes.finetune import RECIPES, recipe
 from plmkit.recipes.tasks_base import (
     BEST_DIR, EvalReport, FinetuneConfig, Recipe, parse_config, read_recipe, write_report,
@@ -83,10 +84,13 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a data setting, e.g. --set text_column=review (repeatable)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("-o", "--out", help="write the report (metrics and details) to this JSON file")
+    parser.add_argument("-o", "--out", help="write the report (metrics and details) to NAME.json, replaced if it "
+                                            "exists (classification also writes NAME_confusion.png beside it)")
 
 
 def cli_run(args: argparse.Namespace) -> int:
+    if args.out:  # the report never replaces the --data file
+        check_output_file(Path(args.out).with_suffix(".json"), [args.data])
     report = evaluate_run(args.run_dir, args.data, task=args.task, overrides=args.overrides, device=args.device)
     if args.out:
         out = Path(args.out)

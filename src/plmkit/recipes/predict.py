@@ -23,6 +23,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from plmkit.outputs import check_output_file
 from plmkit.recipes.evaluate import load_run
 from plmkit.recipes.finetune import RECIPES
 from plmkit.recipes.tasks_base import EvalReport, write_rows
@@ -31,6 +32,7 @@ from plmkit.recipes.tasks_base import EvalReport, write_rows
 def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, *, task: str | None = None,
                 overrides: Sequence[str] = (), device: str | None = None) -> EvalReport:
     """Predict every example of `data` with the run's model and write the rows to `out`."""
+    check_output_file(out, inputs=[data])
     chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device)
     report = chosen.evaluate(model, tokenizer, cfg, chosen.read(cfg, str(data), False))
     write_rows(report.rows, out)
@@ -40,7 +42,8 @@ def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, *, task:
 def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="fine-tuning run directory (or a model directory)")
     parser.add_argument("--data", required=True, help="input file in the task's format (references optional)")
-    parser.add_argument("-o", "--out", required=True, help="predictions file: .jsonl, .csv or .tsv")
+    parser.add_argument("-o", "--out", required=True,
+                        help="predictions file: .jsonl, .csv or .tsv (replaced if it exists; never the --data file)")
     parser.add_argument("--task", choices=list(RECIPES), help="task, when the directory has no finetune.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a data setting, e.g. --set text_column=review (repeatable)")

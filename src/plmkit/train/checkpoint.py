@@ -7,31 +7,46 @@ A checkpoint is a folder ``checkpoint-{step:08d}`` holding
     trainer_state.json                     step, counters, batch geometry, the training config
     rng-rank{r}.json/.safetensors          python, numpy, torch CPU (and CUDA) RNG states per rank
     stream-rank{r}.json/.safetensors       the data stream's state_dict() per rank
-    COMPLETE                               written last: a folder without it does not count
+    COMPLETE                               written last, with each file's size and CRC-32:
+                                           a folder without it does not count
 
 It is written to a hidden temp folder, every file fsynced, then renamed into place, so a
 crash leaves either the whole checkpoint or none. Nothing is ever unpickled: loading reads
 only safetensors and JSON, so a checkpoint someone hands you cannot run code.
+
+Before writing, the free space is compared with the size of the newest checkpoint; when it is
+short, checkpoints that keep_last would prune after this one are pruned first (never the
+newest), and if it is still short the write is refused with a `ResourceError` ("no space
+left on device at PATH") that leaves every existing checkpoint loadable. A full disk during
+the write gives the same error and removes the partial folder. On resume every file is checked
+against COMPLETE; a damaged checkpoint is named and the previous one is used, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from plmkit.config import ConfigError
-from plmkit.train.distributed import DistEnv, barrier, full_state_dict, is_fsdp, unwrap
+from plmkit.errors import IntegrityError, ResourceError
+from plmkit.files import free_bytes, no_space, no_space_as_error
+from plmkit.outputs import RUN, check_not_busy, inspect_output
+from plmkit.train.distributed import DistEnv, all_reduce_sum, barrier, full_state_dict, is_fsdp, unwrap
+
+log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
@@ -116,16 +131,33 @@ def read_tree(directory: Path, name: str) -> Any:
     """Load what `write_tree` stored (JSON and safetensors only; nothing is unpickled)."""
     path = directory / f"{name}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {directory} is missing {path.name}")
-    data = json.loads(path.read_text(encoding="utf-8"))
+        raise IntegrityError(f"checkpoint {directory} is missing {path.name}")
+    data = _read_json(path)
     tensor_path = directory / f"{name}.safetensors"
-    tensors = _read_safetensors(tensor_path)[0] if tensor_path.is_file() else {}
-    return decode_tree(data, tensors)
+    tensors = _read_safetensors(tensor_path, copy=True)[0] if tensor_path.is_file() else {}
+    try:
+        return decode_tree(data, tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{path}: does not match {tensor_path.name} ({e!r})") from None
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise IntegrityError(f"{path}: damaged, not readable JSON ({e})") from None
+
+
+def _read_safetensors(path: Path, copy: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file. safetensors maps the file into memory: `copy`
+    the tensors that outlive the call (optimizer and stream state), or the file stays pinned on
+    disk, and pruning its checkpoint later would not give the space back."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return ({k: f.get_tensor(k).clone() if copy else f.get_tensor(k) for k in f.keys()},
+                    dict(f.metadata() or {}))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise IntegrityError(f"{path}: damaged, not a readable safetensors file ({e})") from None
 
 
 # --------------------------------------------------------------------------- RNG
@@ -191,12 +223,24 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(out_dir: Path, resume: str | Path | None) -> Path | None:
-    """Which checkpoint to resume from.
+    """Which checkpoint to resume from (the newest; see `resume_candidates`), after checking
+    that `out_dir` may hold a training run and is not in use by another process.
 
     None: a fresh run (an error when `out_dir` already holds checkpoints, so nothing is
     overwritten by accident); "auto": the newest complete one in `out_dir`, or a fresh run
     when there is none; a path: that checkpoint, or the newest one inside that run folder.
     """
+    found = resume_candidates(out_dir, resume)
+    return found[0] if found else None
+
+
+def resume_candidates(out_dir: Path, resume: str | Path | None) -> list[Path]:
+    """The checkpoints a resume may use, best first: for "auto" or a run folder, every complete
+    one, newest first (an older one is the fallback when a newer one is damaged); for a
+    checkpoint path, just that one; for a fresh run, none."""
+    inspect_output(out_dir, RUN)  # a folder of someone else's files: refused before anything is written
+    if os.environ.get("RANK", "0") == "0":
+        check_not_busy(out_dir)
     if resume is None:
         existing = latest_checkpoint(out_dir)
         if existing is not None:
@@ -204,19 +248,43 @@ def resolve_resume(out_dir: Path, resume: str | Path | None) -> Path | None:
                 f"{out_dir} already holds checkpoints (newest {existing.name}); "
                 "pass resume='auto' to continue that run or choose another output folder"
             )
-        return None
+        return []
     if resume == "auto":
-        return latest_checkpoint(out_dir)
+        return list_checkpoints(out_dir)[::-1]
     path = Path(resume)
     if is_complete(path):
-        return path
+        return [path]
     if path.is_dir() and _NAME.match(path.name) is None:
-        newest = latest_checkpoint(path)
-        if newest is not None:
-            return newest
+        found = list_checkpoints(path)[::-1]
+        if found:
+            return found
     if path.is_dir():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     raise FileNotFoundError(f"checkpoint not found: {path}")
+
+
+def verify_checkpoint(path: Path) -> None:
+    """IntegrityError naming the first file of checkpoint `path` whose size or CRC-32 differs from
+    what its COMPLETE marker recorded (checkpoints written before the marker held them pass)."""
+    recorded = _read_json(path / MARKER)
+    files = recorded.get("files") if isinstance(recorded, dict) else None
+    for name, want in (files or {}).items():
+        file = path / name
+        if not file.is_file():
+            raise IntegrityError(f"{file}: missing from the checkpoint")
+        size = file.stat().st_size
+        if size != want["size"]:
+            raise IntegrityError(f"{file}: damaged ({size} bytes, {want['size']} written)")
+        if _crc32(file) != want["crc32"]:
+            raise IntegrityError(f"{file}: damaged (its CRC-32 differs from the one written)")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 # --------------------------------------------------------------------------- writing
@@ -283,43 +351,95 @@ def save_checkpoint(
     Rank 0 writes the weights, the optimizer and `trainer_state` (JSON-able); each rank
     writes its RNG states and ``stream.state_dict()``. Afterwards only the newest
     `keep_last` complete checkpoints are kept (0 keeps all). Returns the final folder.
+    Raises ResourceError when the disk is (or would be) full; existing checkpoints stay loadable.
     """
     out = Path(out_dir)
     tmp = out / f"{_TMP_PREFIX}{step:08d}"
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    barrier(env)
-    weights = full_state_dict(model)
-    optim_state = _optimizer_state(model, optimizer)
-    written: list[Path] = []
-    if env.is_main:
-        kept, aliases = _dedupe(weights)
-        save_file(kept, str(tmp / "model.safetensors"), metadata={"format": "pt", "aliases": json.dumps(aliases)})
-        written.append(tmp / "model.safetensors")
-        written += write_tree(tmp, "optimizer", optim_state)
-        state = dict(trainer_state, step=step)
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-        written.append(tmp / "trainer_state.json")
-    written += write_tree(tmp, f"rng-rank{env.rank}", capture_rng_state())
-    written += write_tree(tmp, f"stream-rank{env.rank}", stream.state_dict())
-    for path in written:
-        _fsync(path)
-    barrier(env)
     final = out / checkpoint_name(step)
-    if env.is_main:
-        _publish(tmp, final, step)
-        if keep_last > 0:
-            prune_checkpoints(out, keep_last)
+    weights = full_state_dict(model)
+    together(env, lambda: _make_room(out, tmp, step, weights, keep_last) if env.is_main else None)
+    optim_state = _optimizer_state(model, optimizer)
+
+    def write() -> None:
+        with no_space_as_error(tmp, f"the checkpoint of step {step} was not written; the previous checkpoint "
+                                    "is intact. Free some space, then continue with --resume auto"):
+            written: list[Path] = []
+            if env.is_main:
+                kept, aliases = _dedupe(weights)
+                save_file(kept, str(tmp / "model.safetensors"),
+                          metadata={"format": "pt", "aliases": json.dumps(aliases)})
+                written.append(tmp / "model.safetensors")
+                written += write_tree(tmp, "optimizer", optim_state)
+                state = dict(trainer_state, step=step)
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+                written.append(tmp / "trainer_state.json")
+            written += write_tree(tmp, f"rng-rank{env.rank}", capture_rng_state())
+            written += write_tree(tmp, f"stream-rank{env.rank}", stream.state_dict())
+            for path in written:
+                _fsync(path)
+
+    try:
+        together(env, write)
+        together(env, lambda: _publish(tmp, final, step) if env.is_main else None)
+    except ResourceError:
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give the space back
+        raise
+    if env.is_main and keep_last > 0:
+        prune_checkpoints(out, keep_last)
     barrier(env)
     return final
 
 
+def together(env: DistEnv, action: Any) -> None:
+    """Run `action` on every rank; if it fails on any, every rank raises (none waits forever)."""
+    error: BaseException | None = None
+    try:
+        action()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+        error = e
+    if env.distributed:
+        failed = torch.tensor([0.0 if error is None else 1.0], device=env.device)
+        if all_reduce_sum(failed, env).item() and error is None:
+            raise RuntimeError("another rank failed while writing a checkpoint (see its error)")
+    if error is not None:
+        raise error
+
+
+def _make_room(out: Path, tmp: Path, step: int, weights: dict[str, torch.Tensor], keep_last: int) -> None:
+    """Create the empty temp folder once the space for a checkpoint is known to be there.
+
+    The size is that of the newest checkpoint (or three times the weights: weights plus AdamW's
+    two moments). When space is short, checkpoints that pruning would delete after this write
+    go first, the newest always staying; if it is still short, ResourceError before writing.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    existing = list_checkpoints(out)
+    if existing:
+        needed = sum(f.stat().st_size for f in existing[-1].iterdir() if f.is_file())
+    else:
+        needed = 3 * sum(t.numel() * t.element_size() for t in weights.values())
+    needed = int(needed * 1.05) + (1 << 20)
+    doomed = existing[:-(keep_last - 1)] if keep_last > 1 else []
+    while free_bytes(out) < needed and doomed:
+        victim = doomed.pop(0)
+        log.warning("%s: little space left; pruning %s before writing step %d", out, victim.name, step)
+        _remove(victim)
+    free = free_bytes(out)
+    if free < needed:
+        newest = f"; the newest checkpoint {existing[-1].name} is intact" if existing else ""
+        raise no_space(out, f"the checkpoint of step {step} was not written{newest}. Free some space, then "
+                            "continue with --resume auto", needed, free)
+    tmp.mkdir()
+
+
 def _publish(tmp: Path, final: Path, step: int) -> None:
-    """Mark `tmp` complete and rename it to `final` (replacing an older folder of that step)."""
+    """Mark `tmp` complete (recording each file's size and CRC-32) and rename it to `final`
+    (replacing an older folder of that step)."""
+    files = {f.name: {"size": f.stat().st_size, "crc32": _crc32(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
     marker = tmp / MARKER
-    marker.write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
+    marker.write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n", encoding="utf-8")
     _fsync(marker)
     _fsync(tmp)
     trash = final.parent / f"{_TRASH_PREFIX}{final.name}"
@@ -347,7 +467,9 @@ def prune_checkpoints(out_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def clean_partial(out_dir: str | Path) -> list[Path]:
-    """Remove leftovers of interrupted writes: temp/trash folders and unmarked checkpoint folders."""
+    """Remove leftovers of interrupted writes: temp/trash folders, unmarked checkpoint folders and
+    the temp files of atomic writes (``.NAME.tmp-PID``) in the run and its final/ and best/ exports.
+    Call it holding the run folder's lock: no live writer can own them then."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
@@ -355,8 +477,16 @@ def clean_partial(out_dir: str | Path) -> list[Path]:
         p for p in out.iterdir()
         if p.is_dir() and (p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) or (_NAME.match(p.name) and not is_complete(p)))
     ]
+    for folder in (out, out / "final", out / "best"):
+        if folder.is_dir():
+            leftovers += [p for p in folder.glob(".*.tmp-*") if p.is_file()]
     for p in leftovers:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if leftovers:
+        log.info("%s: removed leftovers of an interrupted run: %s", out, ", ".join(p.name for p in leftovers))
     return leftovers
 
 
@@ -367,8 +497,8 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """The trainer_state.json of a checkpoint folder."""
     file = Path(path) / "trainer_state.json"
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {path} is missing trainer_state.json")
-    return json.loads(file.read_text(encoding="utf-8"))
+        raise IntegrityError(f"checkpoint {path} is missing trainer_state.json")
+    return _read_json(file)
 
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
@@ -424,6 +554,37 @@ def _by_position(state: dict[str, Any], names: list[str], path: str | Path) -> d
     position = {n: i for i, n in enumerate(names)}
     groups = [{**g, "params": [position[n] for n in g["params"]]} for g in state["param_groups"]]
     return {"state": {position[n]: s for n, s in state["state"].items()}, "param_groups": groups}
+
+
+def load_resume(
+    out_dir: Path,
+    resume: str | Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: Any,
+    current: dict[str, Any],
+    env: DistEnv = DistEnv(),
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Load the checkpoint `resume` asks for: (its path, its trainer_state), or (None, None) for a
+    fresh run. A damaged checkpoint is named in a warning and the one before it is used; a
+    checkpoint named explicitly is never swapped for another (its damage is an IntegrityError)."""
+    candidates = resume_candidates(out_dir, resume)
+    explicit = resume not in (None, "auto") and is_complete(Path(resume))
+    damaged: list[str] = []
+    for i, path in enumerate(candidates):
+        try:
+            verify_checkpoint(path)
+            return path, load_checkpoint(path, model, optimizer, stream, current, env)
+        except IntegrityError as e:
+            if explicit:
+                raise
+            damaged.append(str(e))
+            fallback = candidates[i + 1].name if i + 1 < len(candidates) else None
+            log.warning("%s; %s", e, f"resuming from {fallback} instead" if fallback else "no older checkpoint")
+    if damaged:
+        raise IntegrityError(f"{out_dir}: no usable checkpoint ({'; '.join(damaged)}); move the damaged "
+                             "checkpoints away to start afresh")
+    return None, None
 
 
 def load_checkpoint(

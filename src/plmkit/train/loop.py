@@ -8,6 +8,12 @@ a function of the step, gradient clipping, bf16 autocast, a guard that refuses n
 updates, periodic evaluation, metrics.jsonl / TensorBoard / a progress bar, atomic
 checkpoints and an exact resume, and a final ``save_pretrained`` export.
 
+The output folder is claimed and locked for the whole call (`plmkit.outputs`): a folder of
+someone else's files, or one another run is writing, is refused before anything is written.
+SIGINT (Ctrl-C) and SIGTERM stop training after the current step: a checkpoint is written and
+`plmkit.errors.Interrupted` is raised (exit code 130 / 143 on the command line); `resume="auto"`
+then continues exactly. A second signal stops at once.
+
 The data stream is any iterable of model-ready micro-batches (dicts of tensors, passed as
 ``model(**batch)``) with ``state_dict()`` / ``load_state_dict()`` (see `BatchStream`).
 """
@@ -20,7 +26,9 @@ import logging
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +40,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from plmkit.config import ConfigError
+from plmkit.errors import Interrupted, NonFiniteError, UserError
+from plmkit.outputs import RUN, OutputClaim, claim_output
 from plmkit.train import checkpoint as ckpt
 from plmkit.train.distributed import (
     DistEnv,
@@ -152,10 +162,6 @@ class StopTraining(Exception):
     """Raise from a callback to end training after the current step (checkpoint + export still run)."""
 
 
-class NonFiniteError(RuntimeError):
-    """The loss or gradient norm was NaN/inf more often than train.max_nonfinite_skips allows."""
-
-
 @dataclass
 class TrainResult:
     """What a call to `train` did."""
@@ -260,7 +266,12 @@ class _Trainer:
         self.optimizer = build_optimizer(self.inner, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.fused_adamw,
                                          cfg.layer_decay)
         self.params = [p for p in self.inner.parameters() if p.requires_grad]
-        self.log = MetricsLog(out_dir, enabled=self.env.is_main)
+        self.log = MetricsLog(out_dir, enabled=False)  # the real one once the folder is claimed (setup)
+        self.claim: OutputClaim | None = None
+        self.signal: int | None = None
+        """SIGINT / SIGTERM received on this process; all ranks stop once any rank got one."""
+        self.stop_requested = False
+        self._old_handlers: dict[int, Any] = {}
         self.progress = _Progress()
         self.losses: list[float] = []
         self.eval_history: list[dict[str, float]] = []
@@ -276,17 +287,18 @@ class _Trainer:
                 "world_size": self.env.world_size}
 
     def setup(self, resume: str | Path | None) -> Path | None:
-        """Resolve and load the checkpoint (or seed a fresh run), shard the stream, write run.json."""
-        path = ckpt.resolve_resume(self.out_dir, resume)
-        if self.env.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.clean_partial(self.out_dir)
-        barrier(self.env)
+        """Claim and lock out_dir, load the checkpoint (or seed a fresh run), shard the stream, write run.json."""
+        source = getattr(self.inner, "loaded_from", None)
+        if self.tokenizer is not None and source is not None:
+            _check_tokenizer(self.tokenizer, Path(source))
+        ckpt.together(self.env, lambda: self.claim_out_dir(source) if self.env.is_main else None)
+        self.log = MetricsLog(self.out_dir, enabled=self.env.is_main)
         shard_stream(self.stream, self.env)
-        if path is None:
+        path, saved = ckpt.load_resume(self.out_dir, resume, self.model, self.optimizer, self.stream,
+                                       self.geometry(), self.env)
+        if saved is None:
             ckpt.seed_everything(self.cfg.seed + self.env.rank)
         else:
-            saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.stream, self.geometry(), self.env)
             self.progress = _Progress(step=saved["step"], tokens_seen=saved["tokens_seen"],
                                       nonfinite_skips=saved["nonfinite_skips"],
                                       pending_losses=list(saved["pending_losses"]))
@@ -296,6 +308,12 @@ class _Trainer:
             self.write_run_json(path)
         barrier(self.env)
         return path
+
+    def claim_out_dir(self, source: str | None) -> None:
+        """Lock out_dir for this run (rank 0); refuse a folder of other files or holding the model's source."""
+        self.claim = claim_output(self.out_dir, RUN, inputs=[source] if source else [])
+        self.claim.ensure()
+        ckpt.clean_partial(self.out_dir)
 
     def write_run_json(self, resumed_from: Path | None) -> None:
         """out_dir/run.json: resolved config, seed, versions, device, model summary."""
@@ -361,7 +379,9 @@ class _Trainer:
         cfg = self.cfg
         lr = cfg.lr_at(step)
         totals = sum(self.micro_step(self.next_batch(), i == cfg.grad_accum - 1) for i in range(cfg.grad_accum))
-        loss_sum, n_total, tokens = all_reduce_sum(totals, self.env).tolist()
+        stop = torch.tensor([float(self.signal is not None)], dtype=totals.dtype, device=totals.device)
+        loss_sum, n_total, tokens, stops = all_reduce_sum(torch.cat([totals, stop]), self.env).tolist()
+        self.stop_requested = stops > 0  # every rank sees the same sum: all stop after the same step
         loss = loss_sum / n_total if n_total > 0 else math.nan
         grads = [p.grad for p in self.params if p.grad is not None]
         if n_total > 0 and grads:
@@ -465,22 +485,70 @@ class _Trainer:
 
     def run(self, resume: str | Path | None) -> TrainResult:
         started = time.perf_counter()
-        resumed_from = self.setup(resume)
-        start_step = self.progress.step
-        self.inner.train()
-        pbar = tqdm(total=self.cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                    disable=not (self.env.is_main and self.cfg.progress))
-        stopped = False
-        self._window = (time.perf_counter(), self.progress.tokens_seen)
         try:
-            while self.progress.step < self.cfg.max_steps and not stopped:
-                step = self.progress.step + 1
-                metrics = self.record(step, self.train_step(step), pbar)
-                stopped = self.after_step(step, metrics)
+            resumed_from = self.setup(resume)
+            start_step = self.progress.step
+            self.inner.train()
+            pbar = tqdm(total=self.cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        disable=not (self.env.is_main and self.cfg.progress))
+            stopped = False
+            self._window = (time.perf_counter(), self.progress.tokens_seen)
+            self.catch_signals()
+            try:
+                while self.progress.step < self.cfg.max_steps and not stopped and not self.signalled():
+                    step = self.progress.step + 1
+                    metrics = self.record(step, self.train_step(step), pbar)
+                    stopped = self.after_step(step, metrics)
+            finally:
+                pbar.close()
+                self.log.close()
+            if self.signalled() and self.progress.step < self.cfg.max_steps and not stopped:
+                self.interrupt(start_step)
+            return self.finish(started, start_step, resumed_from, stopped)
         finally:
-            pbar.close()
-            self.log.close()
-        return self.finish(started, start_step, resumed_from, stopped)
+            self.restore_signals()
+            if self.claim is not None:
+                self.claim.release()
+
+    # ----------------------------------------------------------------------- signals
+
+    def catch_signals(self) -> None:
+        """SIGINT / SIGTERM set a flag (the main thread only; other threads cannot install handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[signum] = signal.signal(signum, self.on_signal)
+
+    def signalled(self) -> bool:
+        """Whether to stop after this step: one process stops on its own signal, several processes
+        once the step's all-reduce carried one (so they all stop after the same step)."""
+        return self.stop_requested or (self.signal is not None and not self.env.distributed)
+
+    def restore_signals(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # the second one: stop at once
+            self.restore_signals()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signal = signum
+        if self.env.is_main:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def interrupt(self, start_step: int) -> None:
+        """Checkpoint the last completed step (unless just saved) and raise Interrupted."""
+        step = self.progress.step
+        if step > start_step and (self.last_saved is None or self.last_saved.name != ckpt.checkpoint_name(step)):
+            self.save(step)
+        signum = self.signal or signal.SIGTERM
+        where = f"checkpoint {self.last_saved}" if self.last_saved is not None else "no checkpoint (no step done)"
+        raise Interrupted(f"{signal.Signals(signum).name}: training stopped after step {step} of "
+                          f"{self.cfg.max_steps}; {where}. Continue with --resume auto (resume='auto')", signum)
 
     def finish(self, started: float, start_step: int, resumed_from: Path | None, stopped: bool) -> TrainResult:
         """Final checkpoint (if the last step was not saved), export to out_dir/final, loss plot."""
@@ -518,6 +586,23 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def _check_tokenizer(tokenizer: Any, model_dir: Path) -> None:
+    """UserError when the run's tokenizer would give other ids than the one saved with the model."""
+    from plmkit.data.tokenizer import Tokenizer, tokenizer_differences
+
+    if not isinstance(tokenizer, Tokenizer) or not any(
+            (model_dir / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json")):
+        return
+    differences = tokenizer_differences(Tokenizer.load(model_dir), tokenizer)
+    if differences:
+        mine = tokenizer.source if tokenizer.source is not None else "the given tokenizer"
+        raise UserError(
+            f"the tokenizer of this run ({mine}) is not the one saved with the model it starts from ({model_dir}): "
+            f"{'; '.join(differences)}. The model's token ids would mean other tokens. Use the model's tokenizer "
+            f"(--tokenizer {model_dir}), or rebuild the shards with it: plmkit prepare CORPUS --tokenizer "
+            f"{model_dir} -o NEW_SHARDS")
 
 
 def _n_targets(out: Any, batch: dict[str, Any], device: torch.device) -> Tensor:
