@@ -483,7 +483,7 @@ def run_finetune(task: str, cfg: FinetuneConfig, model: PretrainedModel, tokeniz
 
 def write_report(report: EvalReport, out_dir: Path, name: str) -> Path:
     """out_dir/NAME.json with metrics and details (+ NAME_confusion.png for classification)."""
-    from plmkit.evaluate import plot_confusion_matrix
+    from plmkit.metrics import plot_confusion_matrix
 
     path = write_json(out_dir / f"{name}.json", {"metrics": report.metrics, **report.details})
     matrix = report.details.get("confusion_matrix")

@@ -18,7 +18,7 @@ from plmkit.data.tasks import (
     DataFormatError, LabelMap, TextExample, class_weights, encode_classification, read_classification,
 )
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import classification_report, confusion_matrix
+from plmkit.metrics import classification_report, confusion_matrix
 from plmkit.models import PretrainedModel, read_config
 from plmkit.recipes.tasks_base import (
     EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from plmkit.config import ConfigError
 from plmkit.data.io import Corpus
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import perplexity
+from plmkit.metrics import perplexity
 from plmkit.models import PretrainedModel
 from plmkit.recipes.tasks_base import (
     EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,

@@ -17,7 +17,7 @@ from plmkit.data.tasks import (
 )
 from plmkit.data.tasks.records import text_lines
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import entity_scores
+from plmkit.metrics import entity_scores
 from plmkit.models import PretrainedModel, read_config
 from plmkit.recipes.tasks_base import (
     EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,

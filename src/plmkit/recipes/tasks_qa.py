@@ -17,7 +17,7 @@ from typing import Any, Literal
 from plmkit.config import ConfigError
 from plmkit.data.tasks import QAExample, encode_qa, postprocess_qa, read_squad
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import squad_scores
+from plmkit.metrics import squad_scores
 from plmkit.models import PretrainedModel
 from plmkit.recipes.tasks_base import (
     EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,

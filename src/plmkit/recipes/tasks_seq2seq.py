@@ -32,7 +32,7 @@ from plmkit.data.tasks import (
 )
 from plmkit.data.tasks.records import detect_format, read_table, text_lines
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import bleu, chrf, rouge
+from plmkit.metrics import bleu, chrf, rouge
 from plmkit.infer.generation import generate
 from plmkit.models import PretrainedModel, Seq2SeqLM, build_model, load, read_config
 from plmkit.recipes.tasks_base import (
