@@ -83,6 +83,15 @@ def truncating_backend(
     return backend
 
 
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Character span [start, end) of `text` shrunk to exclude leading and trailing whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def special_id(tokenizer: TokenizerLike, name: str, given: int | None) -> int:
     """`given`, else the tokenizer's ``<name>_id`` attribute; a ValueError when neither exists."""
     if given is not None:

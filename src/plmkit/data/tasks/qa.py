@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from plmkit.data.tasks.features import TokenizerLike, backend_of, truncating_backend
+from plmkit.data.tasks.features import TokenizerLike, backend_of, trim_span, truncating_backend
+from plmkit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -158,21 +159,24 @@ def encode_qa(
 ) -> list[QAFeature]:
     """Tokenize ``(question, context)`` pairs into one feature per window (module docstring).
 
-    Questions are cut to `max_query_length` tokens; `stride` must be smaller than the
-    context room left beside the longest question. With labels, an answerable example none
-    of whose answers occurs in its context raises ValueError naming the question id.
+    Questions are cut to `max_query_length` tokens; `stride` must be smaller than the context
+    room left beside each question (else a `WindowError` naming it). With labels, an answerable
+    example none of whose answers occurs in its context raises ValueError naming the question id.
     """
-    questions, longest = _truncated_questions(examples, tokenizer, max_query_length)
-    room = max_length - longest - backend_of(tokenizer).num_special_tokens_to_add(is_pair=True)
-    if not 0 <= stride < room:
-        raise ValueError(f"stride={stride} must be below the {room} context tokens that max_length={max_length} "
-                         f"leaves beside the longest question ({longest} tokens)")
+    questions, lengths = _truncated_questions(examples, tokenizer, max_query_length)
+    specials = backend_of(tokenizer).num_special_tokens_to_add(is_pair=True)
+    for index, (example, length) in enumerate(zip(examples, lengths)):
+        room = max_length - length - specials
+        if not 0 <= stride < room:
+            raise WindowError(index, f"question {example.id}: stride={stride} must be below the {room} context "
+                                     f"tokens that max_length={max_length} leaves beside the question "
+                                     f"({length} tokens)")
     backend = truncating_backend(tokenizer, max_length, stride=stride, strategy="only_second")
     encodings = backend.encode_batch(list(zip(questions, [e.context for e in examples])))
     features = []
     for index, (example, encoding) in enumerate(zip(examples, encodings)):
         windows = [encoding, *encoding.overflowing]
-        offsets = [_context_offsets(example, window) for window in windows]
+        offsets = [_context_offsets(index, example, window) for window in windows]
         span = _training_span(example, offsets) if with_labels else None
         for window, window_offsets in zip(windows, offsets):
             inputs: dict[str, Any] = {"input_ids": window.ids, "token_type_ids": window.type_ids,
@@ -185,19 +189,27 @@ def encode_qa(
 
 def _truncated_questions(
     examples: Sequence[QAExample], tokenizer: TokenizerLike, limit: int,
-) -> tuple[list[str], int]:
-    """Questions cut to `limit` tokens, and the token count of the longest after the cut."""
+) -> tuple[list[str], list[int]]:
+    """Questions cut to `limit` tokens, and the token count of each after the cut."""
     plain = truncating_backend(tokenizer, None)
     questions = [e.question.lstrip() for e in examples]
     encodings = plain.encode_batch(questions, add_special_tokens=False)
     cut = [q if len(enc.offsets) <= limit else q[: enc.offsets[limit - 1][1]] for q, enc in zip(questions, encodings)]
-    return cut, min(limit, max((len(enc.ids) for enc in encodings), default=0))
+    return cut, [min(limit, len(enc.ids)) for enc in encodings]
 
 
-def _context_offsets(example: QAExample, window: Any) -> list[tuple[int, int] | None]:
+class WindowError(UserError):
+    """A question leaves no room for windows of its context; `example_index` says which."""
+
+    def __init__(self, example_index: int, message: str) -> None:
+        super().__init__(message)
+        self.example_index = example_index
+
+
+def _context_offsets(index: int, example: QAExample, window: Any) -> list[tuple[int, int] | None]:
     offsets = [off if seq == 1 else None for off, seq in zip(window.offsets, window.sequence_ids)]
     if all(off is None for off in offsets):
-        raise ValueError(f"question {example.id}: max_length leaves no room for the context")
+        raise WindowError(index, f"question {example.id}: max_length leaves no room for the context")
     return offsets
 
 
@@ -277,6 +289,45 @@ def nbest_spans(
     return spans[:n_best]
 
 
+def rank_answers(
+    features: Sequence[QAFeature],
+    context: str,
+    start_scores: Sequence[Any],
+    end_scores: Sequence[Any],
+    *,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_threshold: float | None = None,
+    top_k: int | None = None,
+) -> list[QASpan]:
+    """The answers to one question over all its windows, best first: distinct, non-empty spans of
+    `context` trimmed of surrounding whitespace, scored start + end (logits or log-probabilities,
+    one (T,) row per window).
+
+    With `null_threshold` (SQuAD v2) there is no answer ([]) when the no-answer score (the lowest
+    start[0] + end[0] over windows) beats the best span by more than it. `top_k` keeps the best k.
+    """
+    spans: list[QASpan] = []
+    null_score = np.inf
+    for feature, start, end in zip(features, start_scores, end_scores):
+        s, e = _as_numpy(start), _as_numpy(end)
+        spans += nbest_spans(feature, context, s, e, n_best=n_best, max_answer_length=max_answer_length)
+        null_score = min(null_score, float(s[0] + e[0]))
+    answers: list[QASpan] = []
+    seen: set[tuple[int, int]] = set()
+    for span in sorted(spans, key=lambda span: -span.score):
+        begin, finish = trim_span(context, span.start, span.end)
+        if begin == finish or (begin, finish) in seen:
+            continue
+        seen.add((begin, finish))
+        answers.append(QASpan(context[begin:finish], begin, finish, span.score))
+        if top_k is not None and len(answers) == top_k:
+            break
+    if null_threshold is not None and (not answers or null_score - answers[0].score > null_threshold):
+        return []
+    return answers
+
+
 def postprocess_qa(
     examples: Sequence[QAExample],
     features: Sequence[QAFeature],
@@ -287,11 +338,8 @@ def postprocess_qa(
     max_answer_length: int = 30,
     null_threshold: float | None = None,
 ) -> dict[str, str]:
-    """Best answer text per question id from per-window logits, each (F, T) or a list of (T,).
-
-    With `null_threshold` (SQuAD v2), the answer is "" when the no-answer score (the lowest
-    start_logit[0] + end_logit[0] over windows) exceeds the best span score by more than it.
-    """
+    """Best answer text per question id (`rank_answers`) from per-window logits, each (F, T) or a
+    list of (T,); "" when there is none."""
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(f"{len(features)} features but {len(start_logits)} start and "
                          f"{len(end_logits)} end logit rows")
@@ -300,15 +348,11 @@ def postprocess_qa(
         by_example.setdefault(feature.example_index, []).append(f_index)
     answers = {}
     for e_index, example in enumerate(examples):
-        spans, null_score = [], np.inf
-        for f_index in by_example.get(e_index, []):
-            s, e = _as_numpy(start_logits[f_index]), _as_numpy(end_logits[f_index])
-            spans += nbest_spans(features[f_index], example.context, s, e,
-                                 n_best=n_best, max_answer_length=max_answer_length)
-            null_score = min(null_score, float(s[0] + e[0]))
-        best = max(spans, key=lambda span: span.score, default=None)
-        no_answer = best is None or (null_threshold is not None and null_score - best.score > null_threshold)
-        answers[example.id] = "" if no_answer else best.text.strip()  # type: ignore[union-attr]
+        rows = by_example.get(e_index, [])
+        ranked = rank_answers([features[i] for i in rows], example.context, [start_logits[i] for i in rows],
+                              [end_logits[i] for i in rows], n_best=n_best, max_answer_length=max_answer_length,
+                              null_threshold=null_threshold, top_k=1)
+        answers[example.id] = ranked[0].text if ranked else ""
     return answers
 
 
