@@ -99,6 +99,9 @@ _ABBREVIATIONS = frozenset(
 )
 _TERMINAL = re.compile(r"[.!?。！？]+[\"'”’」』）)\]]*")
 _CJK_TERMINAL = re.compile(r"[。！？]")
+_NON_SPACE = re.compile(r"\S")
+_WORD_WINDOW = 64
+"""Characters looked back for the word before a period (abbreviations are far shorter)."""
 
 
 CJK_CHARS = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002f800-\U0002fa1f]")
@@ -142,12 +145,12 @@ def _is_boundary(text: str, match: re.Match[str], end: int) -> bool:
         return True
     if not text[end].isspace():
         return False
-    following = text[end:].lstrip()
-    if following and following[0].islower():
+    following = _NON_SPACE.search(text, end)  # (searched, not sliced: long lines stay linear)
+    if following and following.group().islower():
         return False
     if "!" in match.group() or "?" in match.group():
         return True
-    before = text[: match.start()].rsplit(None, 1)
+    before = text[max(0, match.start() - _WORD_WINDOW): match.start()].rsplit(None, 1)
     word = before[-1].lstrip("(\"'“‘").lower() if before else ""
     if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
         return False
@@ -249,6 +252,8 @@ def parse_json(path: str | Path, line: int | None, text: str) -> Any:
                         f"invalid JSON: {e.msg} at column {e.colno}") from None
     except ValueError as e:
         raise DataError(path, line, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise DataError(path, line, "invalid JSON: nested too deeply") from None
     _check_unicode(path, line, value)
     return value
 

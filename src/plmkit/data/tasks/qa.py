@@ -10,7 +10,6 @@ token offsets, so the answer is an exact substring of the context.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from plmkit.data.io import parse_json
 from plmkit.data.tasks.features import TokenizerLike, backend_of, trim_span, truncating_backend
-from plmkit.errors import UserError
+from plmkit.errors import DataError, UserError
 
 
 @dataclass(frozen=True)
@@ -40,22 +40,29 @@ class QAExample:
 def read_squad(path: str | Path, member: str | None = None) -> list[QAExample]:
     """Read SQuAD v1.1/v2.0-format JSON (CMRC 2018 too), plain or inside a ``.zip``.
 
-    For a zip, `member` names the JSON inside it (needed only when it holds several). A
-    missing field raises ValueError naming the file and the question (or its position).
+    For a zip, `member` names the JSON inside it (needed only when it holds several). Invalid
+    UTF-8 or JSON, a missing field or a field of the wrong type is a DataError naming the file
+    and the question (or its position, e.g. ``data[0].paragraphs[3]``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            raw = archive.read(_zip_member(path, archive, member))
+    if path.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                raw = archive.read(_zip_member(path, archive, member))
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise DataError(path, None, f"corrupt zip file: {e}") from None
     else:
         raw = path.read_bytes()
     try:
-        document = json.loads(raw.decode("utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid UTF-8 JSON: {e}") from None
-    return [example for article_index, article in enumerate(_field(path, document, "data", "the file"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(path, line, f"invalid UTF-8: byte 0x{raw[e.start]:02x}; re-encode the file as UTF-8") from None
+    document = parse_json(path, None, text)
+    articles = _typed(path, _field(path, document, "data", "the file"), list, "data")
+    return [example for article_index, article in enumerate(articles)
             for example in _article_examples(path, article, article_index)]
 
 
@@ -63,34 +70,50 @@ def _zip_member(path: Path, archive: zipfile.ZipFile, member: str | None) -> str
     names = [n for n in archive.namelist() if n.endswith(".json")]
     if member is not None:
         if member not in archive.namelist():
-            raise ValueError(f"{path}: no member {member!r}; members are {archive.namelist()}")
+            raise DataError(path, None, f"no member {member!r}; members are {archive.namelist()}")
         return member
     if len(names) != 1:
-        raise ValueError(f"{path}: expected one .json member, found {names}; pass member=")
+        raise DataError(path, None, f"expected one .json member, found {names}; pass member=")
     return names[0]
 
 
 def _field(path: Path, record: Any, key: str, where: str) -> Any:
     if not isinstance(record, dict) or key not in record:
-        raise ValueError(f"{path}: {where}: missing field {key!r}")
+        raise DataError(path, None, f"{where}: missing field {key!r}")
     return record[key]
+
+
+def _typed(path: Path, value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = {list: "a list", str: "text", int: "an integer", dict: "an object"}
+        raise DataError(path, None, f"{where}: expected {names.get(kind, kind.__name__)}, got {value!r:.60}")
+    return value
 
 
 def _article_examples(path: Path, article: Any, article_index: int) -> list[QAExample]:
     title = article.get("title", "") if isinstance(article, dict) else ""
     examples = []
-    for p_index, paragraph in enumerate(_field(path, article, "paragraphs", f"data[{article_index}]")):
-        where = f"data[{article_index}].paragraphs[{p_index}]"
-        context = _field(path, paragraph, "context", where)
-        for q_index, qa in enumerate(_field(path, paragraph, "qas", where)):
-            q_where = f"question {qa.get('id', f'{where}.qas[{q_index}]')}" if isinstance(qa, dict) else where
-            answers = _field(path, qa, "answers", q_where)
-            texts = tuple(_field(path, a, "text", q_where) for a in answers)
-            starts = tuple(int(_field(path, a, "answer_start", q_where)) for a in answers)
+    a_where = f"data[{article_index}]"
+    for p_index, paragraph in enumerate(_typed(path, _field(path, article, "paragraphs", a_where), list,
+                                               f"{a_where}.paragraphs")):
+        where = f"{a_where}.paragraphs[{p_index}]"
+        context = _typed(path, _field(path, paragraph, "context", where), str, f"{where}.context")
+        for q_index, qa in enumerate(_typed(path, _field(path, paragraph, "qas", where), list, f"{where}.qas")):
+            qa = _typed(path, qa, dict, f"{where}.qas[{q_index}]")
+            q_where = f"question {str(qa.get('id', f'{where}.qas[{q_index}]'))[:60]}"
+            answers = _typed(path, _field(path, qa, "answers", q_where), list, f"{q_where}: answers")
+            texts = tuple(_typed(path, _field(path, a, "text", q_where), str, f"{q_where}: answer text")
+                          for a in answers)
+            starts = tuple(_typed(path, _field(path, a, "answer_start", q_where), int, f"{q_where}: answer_start")
+                           for a in answers)
+            question_id = _field(path, qa, "id", q_where)
+            if not isinstance(question_id, (str, int)) or isinstance(question_id, bool):
+                raise DataError(path, None, f"{q_where}: id must be text or an integer")
             examples.append(QAExample(
-                id=str(_field(path, qa, "id", q_where)), question=_field(path, qa, "question", q_where),
+                id=str(question_id), question=_typed(path, _field(path, qa, "question", q_where), str,
+                                                     f"{q_where}: question"),
                 context=context, answers=texts, answer_starts=starts,
-                is_impossible=bool(qa.get("is_impossible", False)), title=title,
+                is_impossible=bool(qa.get("is_impossible", False)), title=str(title),
             ))
     return examples
 

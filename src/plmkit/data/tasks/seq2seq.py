@@ -85,7 +85,8 @@ def read_parallel(source_path: str | Path, target_path: str | Path) -> list[Seq2
     sources = [line for _, line in text_lines(source_path)]
     targets = [line for _, line in text_lines(target_path)]
     if len(sources) != len(targets):
-        raise ValueError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}")
+        raise DataError(source_path, None, f"{len(sources)} lines, but {target_path} has {len(targets)}: parallel "
+                                           "files must align line by line")
     return [Seq2SeqExample(s.strip(), (t.strip(),), f"{source_path}:{i}")
             for i, (s, t) in enumerate(zip(sources, targets), 1)]
 
