@@ -92,7 +92,6 @@ def test_maps_reproduce_the_attention_output(preset, task, stack, extra, tiny):
         torch.testing.assert_close(recomputed, out, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow  # importing transformers costs seconds; the test above checks the maps on its own
 def test_maps_match_transformers_eager_attentions(tmp_path, tiny):
     transformers = pytest.importorskip("transformers")
     model = tiny("bert-tiny", "feature-extraction")

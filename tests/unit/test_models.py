@@ -206,3 +206,15 @@ def test_configs_without_hf_equivalent_round_trip_natively(tmp_path, extra, tiny
     assert config["model_type"] == "plmkit-bert"  # transformers refuses it rather than computing another model
     ids = torch.randint(5, 100, (2, 6))
     torch.testing.assert_close(plmkit.load(tmp_path).eval()(ids).logits, model(ids).logits)
+
+
+def test_eval_mode_restores_the_previous_mode(tiny_cfg):
+    from plmkit.models import eval_mode
+
+    model = build_model(tiny_cfg("bert-tiny"), "masked-lm").train()
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())
+    with pytest.raises(RuntimeError), eval_mode(model.eval()):
+        raise RuntimeError("restored even on errors")
+    assert not model.training
