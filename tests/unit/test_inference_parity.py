@@ -183,3 +183,40 @@ def test_lm_evaluation_runs_on_the_shared_batches(data, tok_dir, tmp_path):
         with torch.no_grad():
             loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss
         assert row["tokens"] == len(ids) - 1 and row["loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_training_features_are_the_tokens_the_pipelines_see(data, tok_dir, tiny):
+    """What a model trains on (the recipes' feature builders) is what it is asked at inference
+    (the pipelines' batched encoding), truncation and segment ids included."""
+    from plmkit.data.tasks import encode_classification, encode_ner
+    from plmkit.infer.pipeline import TextClassificationPipeline, TokenClassificationPipeline
+
+    tok = Tokenizer.load(tok_dir)
+    examples = read_classification(data["cls"], pair_column="hypothesis")
+    clf = TextClassificationPipeline(tiny("bert-tiny", "sequence-classification", vocab_size=tok.vocab_size), tok)
+    inputs = [(e.text, e.pair) if i % 2 else e.text for i, e in enumerate(examples)]
+    features = clf.preprocess_batch(inputs, {"max_length": 12})
+    expected = encode_classification([e if i % 2 else type(e)(e.text, e.label) for i, e in enumerate(examples)], tok,
+                                     max_length=12)
+    assert [f.inputs for (f,) in features] == expected
+    sentences = read_conll(data["ner"])
+    ner = TokenClassificationPipeline(tiny("bert-tiny", "token-classification", vocab_size=tok.vocab_size), tok)
+    features = ner.preprocess_batch([{"words": list(s.words)} for s in sentences], {**ner.defaults, "max_length": 10})
+    assert [f.inputs for (f,) in features] == [f.inputs for f in encode_ner(sentences, tok, max_length=10)]
+
+
+def test_one_collate_pads_task_features_and_pretraining_examples():
+    """data/pretraining.py's own collate gives what the shared one gives (it can become an import)."""
+    import numpy as np
+
+    from plmkit.data import pretraining
+    from plmkit.data.tasks import collate
+
+    rng = np.random.default_rng(0)
+    examples = [{"input_ids": rng.integers(5, 50, n), "token_type_ids": np.zeros(n, dtype=np.int64),
+                 "attention_mask": np.ones(n, dtype=np.int64), "labels": rng.integers(-100, 50, n),
+                 "next_sentence_label": np.int64(n % 2)} for n in (3, 7, 5)]
+    ours, theirs = collate(examples, 1), pretraining.collate(examples, 1)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]) and ours[key].dtype == theirs[key].dtype, key

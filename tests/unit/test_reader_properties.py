@@ -166,7 +166,8 @@ def test_a_very_long_line_is_read_in_bounded_time(tmp_path: Path, name: str, rea
     line = ("Mr. A. word, \"quoted\" text. " * 80_000)[:2_000_000]  # 2 MB on one line
     content = {"c.jsonl": json.dumps({"text": line}), "s.jsonl": json.dumps({"source": line, "target": "t"}),
                "q.json": json.dumps({"data": [{"paragraphs": [{"context": line, "qas": []}]}]}),
-               "d.tsv": f"sentence\tlabel\n{line}\tpos", "d.csv": 'sentence,label\n"{}",pos'.format(line.replace('"', '""')),
+               "d.tsv": f"sentence\tlabel\n{line}\tpos",
+               "d.csv": 'sentence,label\n"{}",pos'.format(line.replace('"', '""')),
                "n.txt": f"{line.replace(' ', '_')} O"}.get(name, line)
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -192,7 +193,8 @@ def test_nasty_inputs_end_in_data_or_a_clear_error(tmp_path: Path, name: str, co
 
 
 @pytest.mark.parametrize("content,message", [
-    ("sentence\tlabel\na fine film\tpos\nan extra\ttab\tneg\n", r"d\.tsv:3: malformed row: 3 fields but the header has 2"),
+    ("sentence\tlabel\na fine film\tpos\nan extra\ttab\tneg\n",
+     r"d\.tsv:3: malformed row: 3 fields but the header has 2"),
     ("sentence\tlabel\nno label\n", r"d\.tsv:2: malformed row: 1 fields but the header has 2"),
 ])
 def test_tsv_rows_with_a_stray_tab_are_malformed(tmp_path: Path, content: str, message: str) -> None:

@@ -256,5 +256,5 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
-__all__ = ["Feature", "InputError", "NonFiniteScores", "Pipeline", "check_finite", "as_text", "as_text_pair", "input_errors", "label_names",
-           "resolve_dtype", "task_for_model", "trim_span"]
+__all__ = ["Feature", "InputError", "NonFiniteScores", "Pipeline", "as_text", "as_text_pair", "check_finite",
+           "input_errors", "label_names", "resolve_dtype", "task_for_model", "trim_span"]

@@ -584,10 +584,11 @@ def pipeline(task: str, model, tokenizer=None, device: str | torch.device | None
 
         tokenizer = Tokenizer.load(tokenizer)
     chosen = task_for_model(model, recipe) if task == "auto" else task
+    cls = PIPELINES[chosen]
     if recipe is None or chosen != task_for_model(model, recipe):
         recorded = {}  # the run's settings are for its own task
-    return PIPELINES[chosen](model, tokenizer, device=device, batch_size=batch_size, dtype=dtype,
-                             **{**recorded, **defaults})
+    recorded = {k: v for k, v in recorded.items() if k in cls.options or cls.free_options}
+    return cls(model, tokenizer, device=device, batch_size=batch_size, dtype=dtype, **{**recorded, **defaults})
 
 
 __all__ = [
