@@ -403,7 +403,7 @@ def test_seq2seq_reader_errors(tmp_path: Path) -> None:
     with gzip.open(source, "wt", encoding="utf-8") as f:
         f.write("one\ntwo\n")
     target.write_text("eins\n")
-    with pytest.raises(ValueError, match=r"a\.en\.gz has 2 lines but .*a\.de has 1"):
+    with pytest.raises(DataFormatError, match=r"a\.en\.gz: 2 lines, but .*a\.de has 1"):
         read_parallel(source, target)
     jsonl = tmp_path / "s.jsonl"
     jsonl.write_text('{"src": "x", "tgt": "y"}\n{"src": "x", "tgt": 3}\n')
