@@ -97,6 +97,19 @@ def test_single_process_needs_no_wrapping():
             resolve_device("cuda")
 
 
+def test_current_env_answers_without_joining(monkeypatch):
+    from plmkit.train.distributed import current_env
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert current_env().is_main and current_env().world_size == 1
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker before (or without) init_distributed
+    env = current_env()
+    assert (env.rank, env.world_size, env.is_main) == (1, 2, False)
+    assert not torch.distributed.is_initialized()  # asking joined nothing
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, parallel):

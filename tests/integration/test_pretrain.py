@@ -1,4 +1,6 @@
-"""Corpus -> tokenizer -> shards -> pretraining, through the CLI, on real text."""
+"""Corpus -> tokenizer -> shards -> pretraining, through the CLI, on real text.
+
+Not marked slow: the runs are tiny (a few seconds on 2 cores); `slow` is for tests over ~10 s."""
 
 from __future__ import annotations
 

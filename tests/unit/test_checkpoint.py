@@ -23,13 +23,6 @@ from plmkit.train.metrics_log import read_metrics
 from plmkit.train.optim import build_optimizer
 
 
-def tiny_gpt(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = model_config("gpt-tiny", ["vocab_size=64", "hidden_size=32", "intermediate_size=64", "max_positions=32",
-                                    "pad_token_id=0", "bos_token_id=1", "eos_token_id=2"])
-    return build_model(cfg, "causal-lm")
-
-
 class CountingStream:
     """Batches of random ids keyed by position; state_dict can be told to fail (a crash mid-write)."""
 
@@ -82,7 +75,7 @@ def test_rng_state_round_trips(tmp_path):
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
 
 
-def test_checkpoint_loading_never_unpickles(tmp_path, monkeypatch):
+def test_checkpoint_loading_never_unpickles(tmp_path, monkeypatch, tiny_gpt):
     model = tiny_gpt()
     train(model, CountingStream(), quiet(max_steps=2), tmp_path)
     saved = ckpt.latest_checkpoint(tmp_path)
@@ -107,7 +100,7 @@ def test_checkpoint_loading_never_unpickles(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- atomicity and pruning
 
 
-def test_crash_mid_write_leaves_previous_checkpoint(tmp_path):
+def test_crash_mid_write_leaves_previous_checkpoint(tmp_path, tiny_gpt):
     model = tiny_gpt()
     with pytest.raises(OSError, match="disk full"):
         train(model, CountingStream(fail_on_save=2), quiet(max_steps=6), tmp_path)
@@ -122,7 +115,7 @@ def test_crash_mid_write_leaves_previous_checkpoint(tmp_path):
     assert not partial.exists() and not (tmp_path / "checkpoint-00000009").exists()
 
 
-def test_keep_last_k(tmp_path):
+def test_keep_last_k(tmp_path, tiny_gpt):
     train(tiny_gpt(), CountingStream(), quiet(max_steps=5, save_every=1, keep_last=2), tmp_path)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-00000004", "checkpoint-00000005"]
     assert ckpt.prune_checkpoints(tmp_path, 1) == [tmp_path / "checkpoint-00000004"]
@@ -132,13 +125,13 @@ def test_keep_last_k(tmp_path):
 # --------------------------------------------------------------------------- resume rules
 
 
-def test_resume_with_changed_geometry_names_the_fields(tmp_path):
+def test_resume_with_changed_geometry_names_the_fields(tmp_path, tiny_gpt):
     train(tiny_gpt(), CountingStream(), quiet(max_steps=2), tmp_path)
     with pytest.raises(ConfigError, match=r"batch_size was 2 and is now 4; grad_accum was 1 and is now 2"):
         train(tiny_gpt(), CountingStream(4), quiet(max_steps=4, batch_size=4, grad_accum=2), tmp_path, resume="auto")
 
 
-def test_resume_targets(tmp_path):
+def test_resume_targets(tmp_path, tiny_gpt):
     with pytest.raises(FileNotFoundError, match="not found"):
         ckpt.resolve_resume(tmp_path, tmp_path / "nope")
     assert ckpt.resolve_resume(tmp_path, "auto") is None  # nothing yet: a fresh run

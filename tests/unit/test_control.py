@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plmkit.config import model_config
 from plmkit.infer.control import Cancelled, Control, checkpoint, controlled
 from plmkit.infer.generation import generate, stream_text
-from plmkit.models import build_model
 
-TINY = ["hidden_size=32", "num_heads=2", "intermediate_size=64", "num_layers=2", "max_positions=64"]
-SMALL_VOCAB = ["vocab_size=100", "eos_token_id=99", "bos_token_id=99", "pad_token_id=99"]
+SMALL_VOCAB = {"vocab_size": 100, "eos_token_id": 99, "bos_token_id": 99, "pad_token_id": 99}
 
 
 def stop_after(n: int) -> Control:
@@ -24,8 +21,8 @@ def test_checkpoint_outside_a_controlled_block_does_nothing():
     checkpoint()  # no control: no error, nothing counted
 
 
-def test_generation_stops_at_the_step_its_control_says():
-    model = build_model(model_config("gpt-tiny", TINY + SMALL_VOCAB), "causal-lm")
+def test_generation_stops_at_the_step_its_control_says(tiny):
+    model = tiny("gpt-tiny", "causal-lm", **SMALL_VOCAB)
     control = stop_after(5)
     with controlled(control), pytest.raises(Cancelled, match="enough"):
         generate(model, [[1, 2, 3]], max_new_tokens=40, stop_token_ids=[])
@@ -37,7 +34,7 @@ def test_generation_stops_at_the_step_its_control_says():
         assert done.tokens == sum(len(t) for t in out.tokens) == 12 and done.steps >= 6
 
 
-def test_a_stream_returns_its_output_and_stops_when_told():
+def test_a_stream_returns_its_output_and_stops_when_told(tiny):
     class Bytes:  # a stand-in tokenizer: one letter per token
         def decode(self, ids, skip_special_tokens=True):
             return "".join(chr(97 + i % 26) for i in ids)
@@ -47,7 +44,7 @@ def test_a_stream_returns_its_output_and_stops_when_told():
                 ids = [1, 2]
             return E()
 
-    model = build_model(model_config("gpt-tiny", TINY + SMALL_VOCAB), "causal-lm")
+    model = tiny("gpt-tiny", "causal-lm", **SMALL_VOCAB)
     pieces = stream_text(model, Bytes(), "x", max_new_tokens=5, stop_token_ids=[])
     text = ""
     while True:
@@ -61,12 +58,12 @@ def test_a_stream_returns_its_output_and_stops_when_told():
         list(stream_text(model, Bytes(), "x", max_new_tokens=50, stop_token_ids=[]))
 
 
-def test_a_pipeline_stops_between_batches(shared_data):
+def test_a_pipeline_stops_between_batches(shared_data, tiny):
     from plmkit.data.tokenizer import Tokenizer
     from plmkit.infer.pipeline import pipeline
 
     tok = Tokenizer.load(shared_data / "vocab" / "bert-base-uncased-vocab.txt")
-    pipe = pipeline("feature-extraction", build_model(model_config("bert-tiny", TINY), "masked-lm"), tokenizer=tok,
+    pipe = pipeline("feature-extraction", tiny("bert-tiny", "masked-lm"), tokenizer=tok,
                     batch_size=2)
     control = stop_after(3)
     with controlled(control), pytest.raises(Cancelled):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from plmkit.config import model_config
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.explain import (
     attention_maps, attention_modules, cli_configure, cli_run, explain_text, integrated_gradients, plot_attention,
@@ -16,17 +15,19 @@ from plmkit.explain import (
 )
 from plmkit.models import build_model
 
-TINY = ["hidden_size=32", "num_heads=4", "intermediate_size=64", "num_layers=2", "vocab_size=100",
-        "max_positions=64", "initializer_range=0.2"]
+EXPLAIN_SHAPE = {"num_heads": 4, "initializer_range": 0.2}
+"""Four heads and larger initial weights than the shared tiny shape: attention maps worth checking."""
 
 
-def tiny(preset: str, task: str, *extra: str):
-    special = ["pad_token_id=99", "bos_token_id=99", "eos_token_id=99"] if preset.startswith("gpt") else []
-    cfg = model_config(preset, TINY + special + list(extra))
-    if cfg.embedding_size:
-        cfg.embedding_size = 16
-    torch.manual_seed(0)
-    return build_model(cfg, task).eval()
+@pytest.fixture
+def tiny(tiny):
+    """The shared tiny model with 4 heads, a 100-token vocabulary and (GPT) special ids 99, in eval mode."""
+
+    def make(preset: str, task: str, **changes):
+        special = {"pad_token_id": 99, "bos_token_id": 99, "eos_token_id": 99} if preset.startswith("gpt") else {}
+        return tiny(preset, task, vocab_size=100, **EXPLAIN_SHAPE, **special, **changes).eval()
+
+    return make
 
 
 def padded_batch(pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,12 +58,12 @@ def values_of(module, stack_input: torch.Tensor, memory: torch.Tensor | None) ->
 
 
 @pytest.mark.parametrize("preset,task,stack,extra", [
-    ("bert-tiny", "masked-lm", "self", ()), ("albert-base", "sequence-classification", "self", ()),
-    ("gpt-tiny", "causal-lm", "self", ()), ("gpt-tiny", "causal-lm", "self", ("position=rotary",)),
-    ("seq2seq-small", "seq2seq-lm", "decoder", ()), ("seq2seq-small", "seq2seq-lm", "cross", ()),
+    ("bert-tiny", "masked-lm", "self", {}), ("albert-base", "sequence-classification", "self", {}),
+    ("gpt-tiny", "causal-lm", "self", {}), ("gpt-tiny", "causal-lm", "self", {"position": "rotary"}),
+    ("seq2seq-small", "seq2seq-lm", "decoder", {}), ("seq2seq-small", "seq2seq-lm", "cross", {}),
 ])
-def test_maps_reproduce_the_attention_output(preset, task, stack, extra):
-    model = tiny(preset, task, *extra)
+def test_maps_reproduce_the_attention_output(preset, task, stack, extra, tiny):
+    model = tiny(preset, task, **extra)
     ids, mask = padded_batch(model.config.pad_token_id)
     kwargs = {"decoder_input_ids": ids[:, :5]} if model.config.arch == "encoder-decoder" else {}
     maps = attention_maps(model, ids, mask, stack=stack, **kwargs)
@@ -91,8 +92,7 @@ def test_maps_reproduce_the_attention_output(preset, task, stack, extra):
         torch.testing.assert_close(recomputed, out, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow  # importing transformers costs seconds; the test above checks the maps on its own
-def test_maps_match_transformers_eager_attentions(tmp_path):
+def test_maps_match_transformers_eager_attentions(tmp_path, tiny):
     transformers = pytest.importorskip("transformers")
     model = tiny("bert-tiny", "feature-extraction")
     model.save_pretrained(tmp_path)
@@ -107,8 +107,8 @@ def test_maps_match_transformers_eager_attentions(tmp_path):
 
 @pytest.mark.parametrize("preset", ["bert-tiny", "gpt-tiny"])
 @pytest.mark.parametrize("output", ["probability", "logit"])
-def test_integrated_gradients_completeness(preset, output):
-    model = tiny(preset, "sequence-classification", "num_labels=3")
+def test_integrated_gradients_completeness(preset, output, tiny):
+    model = tiny(preset, "sequence-classification", num_labels=3)
     ids, mask = padded_batch(model.config.pad_token_id)
     ids, mask = ids[:1], mask[:1]
     base = torch.full_like(ids, model.config.pad_token_id)
@@ -128,14 +128,14 @@ def test_integrated_gradients_completeness(preset, output):
 
 
 @pytest.fixture(scope="module")
-def bert_classifier(shared_data: Path):
+def bert_classifier(shared_data: Path, tiny_config):
     tok = Tokenizer.load(shared_data / "vocab" / "bert-base-uncased-vocab.txt")
-    cfg = model_config("bert-tiny", [t for t in TINY if not t.startswith("vocab_size")] + ["id2label={0: neg, 1: pos}"])
+    model = tiny_config("bert-tiny", **EXPLAIN_SHAPE, id2label={0: "neg", 1: "pos"})
     torch.manual_seed(0)
-    return build_model(cfg, "sequence-classification").eval(), tok
+    return build_model(model, "sequence-classification").eval(), tok
 
 
-def test_explain_text_pad_baseline_renders_and_keeps_specials_at_zero(bert_classifier):
+def test_explain_text_pad_baseline_renders_and_keeps_specials_at_zero(bert_classifier, tiny):
     model, tok = bert_classifier
     attribution = explain_text(model, tok, "a <gripping> film", target="pos", n_steps=24)
     assert attribution.tokens[0] == "[CLS]" and attribution.tokens[-1] == "[SEP]" and attribution.label == "pos"

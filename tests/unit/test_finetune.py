@@ -3,6 +3,7 @@ exact spans, early stopping, the best checkpoint, the batch stream and the eval/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -15,10 +16,11 @@ import torch
 import plmkit
 from plmkit.cli import main
 from plmkit.config import ConfigError, model_config
-from plmkit.data.tasks import LabelMap, encode_ner, encode_qa, read_conll, read_squad
+from plmkit.data.tasks import LabelMap, Seq2SeqExample, encode_ner, encode_qa, read_conll, read_squad
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.models import ModelOutput, build_model
-from plmkit.recipes.batches import FeatureBatches, sorted_batches
+from plmkit.infer.batching import sorted_batches
+from plmkit.recipes.batches import FeatureBatches
 from plmkit.recipes.finetune import (
     finetune_classification, finetune_lm, finetune_ner, finetune_qa, finetune_seq2seq,
 )
@@ -125,8 +127,10 @@ def test_feature_batches_shard_and_bucket():
     bucketed = FeatureBatches(features, 5, pad_id=0, seed=1, bucket=10)
     padding = [sum(int((b["input_ids"] == 0).sum()) for b in s) for s in (plain, bucketed)]
     assert padding[1] < padding[0] / 2
-    in_order = [i for idx, _ in sorted_batches(features, 8, 0) for i in idx]
-    assert sorted(in_order) == list(range(50))
+    batches = list(sorted_batches([len(f["input_ids"]) for f in features], 8))
+    assert sorted(i for idx in batches for i in idx) == list(range(50)) and all(len(b) <= 8 for b in batches)
+    lengths = [len(features[i]["input_ids"]) for idx in batches for i in idx]
+    assert lengths == sorted(lengths)
 
 
 # --------------------------------------------------------------------------- classification
@@ -422,19 +426,23 @@ def test_finetune_cli_with_yaml_and_set(data, tok_dir, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-def test_seq2seq_evaluation_can_forbid_repeated_ngrams():
+def test_seq2seq_evaluation_can_forbid_repeated_ngrams(tok_dir):
     from plmkit.config import ModelConfig
-    from plmkit.models import build_model
-    from plmkit.recipes.tasks_seq2seq import generate_ids
+    from plmkit.recipes.tasks_seq2seq import evaluate_seq2seq
 
+    tok = Tokenizer.load(tok_dir)
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="decoder", family="gpt2", vocab_size=12, hidden_size=16, num_layers=1, num_heads=2,
-                      intermediate_size=32, max_positions=64, norm="pre", type_vocab_size=0)
+    cfg = ModelConfig(arch="decoder", family="gpt2", vocab_size=tok.vocab_size, hidden_size=16, num_layers=1,
+                      num_heads=2, intermediate_size=32, max_positions=64, norm="pre", type_vocab_size=0,
+                      eos_token_id=tok.sep_id)
     model = build_model(cfg, "causal-lm").eval()
-    prompts = [[1, 2, 3], [4, 5]]
-    plain = generate_ids(model, prompts, max_new_tokens=30, eos_id=0, batch_size=2)
-    assert any(len(set(zip(o, o[1:]))) < len(o) - 1 for o in plain)  # a random tiny model loops
-    for prompt, out in zip(prompts, generate_ids(model, prompts, max_new_tokens=30, eos_id=0, batch_size=2,
-                                                 no_repeat_ngram_size=2)):
-        seq = prompt + out
-        assert len(set(zip(seq, seq[1:]))) == len(seq) - 1
+    examples = [Seq2SeqExample("the film was good", ()), Seq2SeqExample("a long and dull story", ())]
+    settings = Seq2SeqConfig(model="x", train_file="x", out="x", max_new_tokens=30, max_source_length=16)
+
+    def outputs(**changes) -> list[list[int]]:
+        report = evaluate_seq2seq(model, tok, dataclasses.replace(settings, **changes), examples)
+        return [tok.encode(r["prediction"], add_special_tokens=False).ids for r in report.rows]
+
+    assert any(len(set(zip(o, o[1:]))) < len(o) - 1 for o in outputs())  # a random tiny model loops
+    for out in outputs(no_repeat_ngram_size=2):
+        assert len(set(zip(out, out[1:]))) == len(out) - 1

@@ -138,12 +138,12 @@ def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
 
 def test_missing_field_and_column_errors(tmp_path: Path) -> None:
     f = write(tmp_path / "c.jsonl", '{"body": "a"}\n')
-    with pytest.raises(CorpusError, match=r"c\.jsonl:1: missing field 'text': keys are body"):
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: missing field 'text': fields are body"):
         list(Corpus(f))
     tsv = write(tmp_path / "c.tsv", "label\tsentence\n1\tok\n2\n")
     with pytest.raises(CorpusError, match=r"c\.tsv:1: no column 'text' in the header \(columns: label, sentence\)"):
         list(Corpus(tsv, column="text"))
-    with pytest.raises(CorpusError, match=r"c\.tsv:3: short row: 1 columns, column 1 needed"):
+    with pytest.raises(CorpusError, match=r"c\.tsv:3: malformed row: 1 fields but the header has 2"):
         list(Corpus(tsv, column="sentence"))
 
 

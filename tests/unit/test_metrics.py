@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plmkit.evaluate import (
+from plmkit.metrics import (
     CharTokenizer, accuracy, bleu, chrf, classification_report, confusion_matrix, entity_scores, macro_f1,
     mixed_segments, perplexity, plot_confusion_matrix, rouge, squad_exact_match, squad_f1, squad_scores,
 )

@@ -11,15 +11,11 @@ import plmkit
 from plmkit.config import ConfigError, ModelConfig, from_dict, load_yaml, model_config, preset_names
 from plmkit.models import MODELS, KVCache, build_model
 
-TINY = ["hidden_size=32", "num_heads=2", "intermediate_size=64", "num_layers=2", "vocab_size=100",
-        "max_positions=64"]
 
-
-def tiny(preset: str, *extra: str) -> ModelConfig:
-    cfg = model_config(preset, TINY + list(extra))
-    if cfg.embedding_size:
-        cfg.embedding_size = 16
-    return cfg
+@pytest.fixture
+def tiny_cfg(tiny_config):
+    """A preset in the shared tiny shape with a 100-token vocabulary."""
+    return lambda preset, **changes: tiny_config(preset, vocab_size=100, **changes)
 
 
 def labels_for(task: str, arch: str, ids: torch.Tensor) -> dict:
@@ -58,8 +54,8 @@ def test_gpt2_small_preset_has_124m_parameters():
 
 
 @pytest.mark.parametrize("preset", ["bert-tiny", "roberta-base", "albert-base", "gpt-tiny", "seq2seq-small"])
-def test_forward_backward_every_head(preset):
-    cfg = tiny(preset)
+def test_forward_backward_every_head(preset, tiny_cfg):
+    cfg = tiny_cfg(preset)
     for (arch, task) in MODELS:
         if arch != cfg.arch:
             continue
@@ -88,8 +84,8 @@ def test_unknown_key_and_wrong_type_are_errors_that_list_valid_keys():
         model_config("bert-huge")
 
 
-def test_mlm_head_projects_only_masked_positions():
-    model = build_model(tiny("bert-tiny"), "pretraining").eval()
+def test_mlm_head_projects_only_masked_positions(tiny_cfg):
+    model = build_model(tiny_cfg("bert-tiny"), "pretraining").eval()
     ids = torch.randint(5, 100, (2, 9))
     labels = torch.full_like(ids, -100)
     labels[0, 3], labels[1, 5] = 7, 8
@@ -99,8 +95,8 @@ def test_mlm_head_projects_only_masked_positions():
     torch.testing.assert_close(out.logits, torch.stack([full[0, 3], full[1, 5]]))
 
 
-def test_padding_does_not_change_real_token_outputs():
-    model = build_model(tiny("bert-tiny"), "masked-lm").eval()
+def test_padding_does_not_change_real_token_outputs(tiny_cfg):
+    model = build_model(tiny_cfg("bert-tiny"), "masked-lm").eval()
     ids = torch.randint(5, 100, (1, 6))
     padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
     mask = torch.tensor([[1] * 6 + [0] * 3])
@@ -108,9 +104,9 @@ def test_padding_does_not_change_real_token_outputs():
 
 
 @pytest.mark.parametrize("preset", ["bert-tiny", "gpt-tiny"])
-def test_packed_rows_equal_separate_rows(preset):
+def test_packed_rows_equal_separate_rows(preset, tiny_cfg):
     """Two sequences in one row (block-diagonal mask, per-sequence positions) == two rows."""
-    model = build_model(tiny(preset), "feature-extraction").eval()
+    model = build_model(tiny_cfg(preset), "feature-extraction").eval()
     a, b = torch.randint(5, 100, (1, 5)), torch.randint(5, 100, (1, 4))
     packed = torch.cat([a, b], dim=1)
     segments = torch.tensor([[0] * 5 + [1] * 4])
@@ -121,8 +117,8 @@ def test_packed_rows_equal_separate_rows(preset):
 
 
 @pytest.mark.parametrize("position", ["learned", "rotary"])
-def test_kv_cache_decoding_equals_full_forward(position):
-    model = build_model(tiny("gpt-tiny", f"position={position}"), "causal-lm").eval()
+def test_kv_cache_decoding_equals_full_forward(position, tiny_cfg):
+    model = build_model(tiny_cfg("gpt-tiny", position=position), "causal-lm").eval()
     ids = torch.randint(5, 100, (2, 10))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding in row 1
@@ -134,8 +130,8 @@ def test_kv_cache_decoding_equals_full_forward(position):
     torch.testing.assert_close(torch.cat(steps, dim=1)[mask.bool()], full[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_seq2seq_cached_decoder_equals_full_decoder():
-    model = build_model(tiny("seq2seq-small"), "seq2seq-lm").eval()
+def test_seq2seq_cached_decoder_equals_full_decoder(tiny_cfg):
+    model = build_model(tiny_cfg("seq2seq-small"), "seq2seq-lm").eval()
     src, tgt = torch.randint(5, 100, (2, 7)), torch.randint(5, 100, (2, 5))
     memory = model.encode(src)
     full = model.decode(tgt, memory)
@@ -144,8 +140,8 @@ def test_seq2seq_cached_decoder_equals_full_decoder():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_autocast_forward_backward():
-    model = build_model(tiny("bert-tiny"), "pretraining")
+def test_bf16_autocast_forward_backward(tiny_cfg):
+    model = build_model(tiny_cfg("bert-tiny"), "pretraining")
     ids = torch.randint(5, 100, (2, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, **labels_for("pretraining", "encoder", ids))
@@ -155,8 +151,8 @@ def test_bf16_autocast_forward_backward():
 
 @pytest.mark.parametrize("preset,task", [("seq2seq-small", "seq2seq-lm"), ("bert-tiny", "token-classification"),
                                          ("gpt-tiny", "causal-lm")])
-def test_save_load_round_trip(tmp_path, preset, task):
-    cfg = tiny(preset)
+def test_save_load_round_trip(tmp_path, preset, task, tiny_cfg):
+    cfg = tiny_cfg(preset)
     if task == "token-classification":
         cfg = from_dict(ModelConfig, {**cfg.to_dict(), "id2label": {0: "O", 1: "B-PER", 2: "I-PER"}})
     model = build_model(cfg, task).eval()
@@ -168,8 +164,8 @@ def test_save_load_round_trip(tmp_path, preset, task):
     torch.testing.assert_close(loaded(ids, **kwargs).logits, model(ids, **kwargs).logits)
 
 
-def test_bad_checkpoints_give_clear_errors(tmp_path):
-    model = build_model(tiny("bert-tiny"), "masked-lm")
+def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_cfg):
+    model = build_model(tiny_cfg("bert-tiny"), "masked-lm")
     model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="model.safetensors: not a readable safetensors file"):
@@ -183,8 +179,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         plmkit.load(tmp_path)
 
 
-def test_mismatched_weights_name_the_tensor(tmp_path):
-    build_model(tiny("bert-tiny"), "masked-lm").save_pretrained(tmp_path)
+def test_mismatched_weights_name_the_tensor(tmp_path, tiny_cfg):
+    build_model(tiny_cfg("bert-tiny"), "masked-lm").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["plmkit"]["config"]["intermediate_size"] = 48
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -192,21 +188,33 @@ def test_mismatched_weights_name_the_tensor(tmp_path):
         plmkit.load(tmp_path)
 
 
-def test_warm_start_seq2seq_from_encoder():
+def test_warm_start_seq2seq_from_encoder(tiny_cfg):
     from plmkit.models.encoder_decoder import Seq2SeqLM
 
-    encoder = build_model(tiny("bert-tiny"), "masked-lm").eval()
+    encoder = build_model(tiny_cfg("bert-tiny"), "masked-lm").eval()
     model = Seq2SeqLM.from_encoder(encoder).eval()
     ids = torch.randint(5, 100, (2, 6))
     torch.testing.assert_close(model.encode(ids), encoder(ids).hidden_states)
     assert model.decoder.emb.tok.weight is model.encoder.emb.tok.weight
 
 
-@pytest.mark.parametrize("extra", [["norm=pre"], ["position=rotary"]])
-def test_configs_without_hf_equivalent_round_trip_natively(tmp_path, extra):
-    model = build_model(tiny("bert-tiny", *extra), "masked-lm").eval()
+@pytest.mark.parametrize("extra", [{"norm": "pre"}, {"position": "rotary"}])
+def test_configs_without_hf_equivalent_round_trip_natively(tmp_path, extra, tiny_cfg):
+    model = build_model(tiny_cfg("bert-tiny", **extra), "masked-lm").eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "plmkit-bert"  # transformers refuses it rather than computing another model
     ids = torch.randint(5, 100, (2, 6))
     torch.testing.assert_close(plmkit.load(tmp_path).eval()(ids).logits, model(ids).logits)
+
+
+def test_eval_mode_restores_the_previous_mode(tiny_cfg):
+    from plmkit.models import eval_mode
+
+    model = build_model(tiny_cfg("bert-tiny"), "masked-lm").train()
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())
+    with pytest.raises(RuntimeError), eval_mode(model.eval()):
+        raise RuntimeError("restored even on errors")
+    assert not model.training

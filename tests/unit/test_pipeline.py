@@ -209,6 +209,9 @@ def test_run_directory_and_recipe_pick_the_model_and_task(tmp_path, bert_tok):
     assert pipeline("auto", run).task == "translation"
     build_model(model_config("bert-tiny", TINY), "masked-lm").save_pretrained(run / "best", bert_tok)
     assert pipeline("auto", run).model.task == "masked-lm"  # best/ before final/
+    with pytest.raises(FileNotFoundError, match="no such run or model directory"):
+        pipeline("auto", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json here nor in"):
         pipeline("auto", tmp_path / "empty")
 

@@ -89,6 +89,14 @@ def test_question_answering_server(tokenizer):
     assert context[out["start"]: out["end"]] == out["answer"]
 
 
+def test_non_finite_scores_are_a_clear_500(tokenizer):
+    client, pipe = client_for("text-classification", "sequence-classification", tokenizer)
+    with torch.no_grad():
+        pipe.model.classifier.bias.fill_(float("nan"))  # damaged weights
+    answer = client.post("/predict", json={"inputs": "a funny film"})
+    assert answer.status_code == 500 and "non-finite scores" in answer.json()["detail"]
+
+
 def test_serve_command_line(tmp_path, tokenizer):
     parser = argparse.ArgumentParser()
     server.cli_configure(parser)

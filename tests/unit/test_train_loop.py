@@ -17,12 +17,10 @@ from plmkit.train.optim import build_optimizer, lr_at, split_decay
 VOCAB, SEQ = 64, 12
 
 
-def tiny_gpt(dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = model_config("gpt-tiny", [f"vocab_size={VOCAB}", "hidden_size=32", "intermediate_size=64",
-                                    "max_positions=32", f"dropout={dropout}", f"attention_dropout={dropout}",
-                                    "pad_token_id=0", "bos_token_id=1", "eos_token_id=2"])
-    return build_model(cfg, "causal-lm")
+@pytest.fixture
+def tiny_gpt(tiny_gpt):
+    """The shared tiny GPT, without dropout unless asked (these tests compare exact numbers)."""
+    return lambda dropout=0.0, seed=0: tiny_gpt(seed, dropout=dropout, attention_dropout=dropout)
 
 
 def example(i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +119,7 @@ def test_lr_schedule_values():
         lr_at(1, 1.0, 0, 10, "step")  # type: ignore[arg-type]
 
 
-def test_no_decay_groups_cover_norms_biases_and_embeddings():
+def test_no_decay_groups_cover_norms_biases_and_embeddings(tiny_gpt):
     model = tiny_gpt()
     decay, no_decay = split_decay(model)
     assert "transformer.blocks.0.attn.qkv.weight" in decay
@@ -139,7 +137,7 @@ def test_no_decay_groups_cover_norms_biases_and_embeddings():
 # --------------------------------------------------------------------------- the step
 
 
-def test_grad_accum_matches_one_big_batch(tmp_path):
+def test_grad_accum_matches_one_big_batch(tmp_path, tiny_gpt):
     """accum 2 x batch 4 == batch 8: token-weighted losses make the updates equal."""
     kw = dict(max_steps=4, lr=1e-3, weight_decay=0.0, eps=1e-6)  # eps: Adam amplifies rounding noise of ~0 grads
     a = tiny_gpt()
@@ -151,7 +149,7 @@ def test_grad_accum_matches_one_big_batch(tmp_path):
         assert torch.allclose(pa, pb, atol=1e-6, rtol=0), name
 
 
-def test_clipped_gradient_norm_equals_clip_norm(tmp_path, monkeypatch):
+def test_clipped_gradient_norm_equals_clip_norm(tmp_path, monkeypatch, tiny_gpt):
     seen = {}
     original = torch.optim.AdamW.step
 
@@ -168,7 +166,7 @@ def test_clipped_gradient_norm_equals_clip_norm(tmp_path, monkeypatch):
     assert seen["norm"] > 0.5
 
 
-def test_nonfinite_loss_stops_before_the_update(tmp_path):
+def test_nonfinite_loss_stops_before_the_update(tmp_path, tiny_gpt):
     model = PoisonableLM(tiny_gpt())
     before = {}
 
@@ -181,7 +179,7 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path):
         assert torch.equal(p, before[name]), name
 
 
-def test_nonfinite_steps_can_be_skipped(tmp_path):
+def test_nonfinite_steps_can_be_skipped(tmp_path, tiny_gpt):
     model = PoisonableLM(tiny_gpt())
     result = train(model, ExampleStream(4, poison_at={2}), quiet(max_steps=4, max_nonfinite_skips=1), tmp_path)
     assert result.step == 4 and result.skipped_steps == 1
@@ -189,7 +187,7 @@ def test_nonfinite_steps_can_be_skipped(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_bf16_autocast_step_runs(tmp_path):
+def test_bf16_autocast_step_runs(tmp_path, tiny_gpt):
     model = tiny_gpt()
     start = [p.detach().clone() for p in model.parameters()]
     result = train(model, ExampleStream(4), quiet(max_steps=2, precision="bf16"), tmp_path)
@@ -201,7 +199,7 @@ def test_bf16_autocast_step_runs(tmp_path):
 # --------------------------------------------------------------------------- around the step
 
 
-def test_outputs_eval_and_callbacks(tmp_path):
+def test_outputs_eval_and_callbacks(tmp_path, tiny_gpt):
     calls = []
 
     def eval_fn(m):
@@ -231,7 +229,7 @@ def test_outputs_eval_and_callbacks(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-00000003", "checkpoint-00000004"]
 
 
-def test_stream_without_labels_is_a_clear_error(tmp_path):
+def test_stream_without_labels_is_a_clear_error(tmp_path, tiny_gpt):
     class NoLabels(ExampleStream):
         def __iter__(self):
             for batch in super().__iter__():

@@ -1,7 +1,22 @@
-"""Streaming corpus readers: text files in, documents (lists of sentences) out.
+"""The one reader stack for text files: lines, formats, tables, and corpora of documents.
 
-Supported inputs (each optionally gzip-compressed, ``name.ext.gz``), given as files,
-directories (searched recursively for the suffixes below) or glob patterns:
+Every file plmkit reads as data (a pretraining corpus, a task's training file) goes through
+here, with one encoding policy and one error type:
+
+- `text_lines`: numbered lines of a file, plain or gzip-compressed (``name.ext.gz``). UTF-8; a
+  leading byte-order mark is dropped; lines split on "\\n" only (U+2028 inside a line stays).
+- `detect_format`: the format from the suffix (``.gz`` looked through): txt, jsonl (.jsonl,
+  .ndjson), csv, tsv (.tsv, .tab), json (.json holding an array; a .json file of JSON Lines,
+  as many datasets ship them, reads as jsonl).
+- `read_table`: the requested columns of each record of a csv / tsv / jsonl / json file.
+- `Corpus`: documents (lists of sentences) of files, directories and glob patterns.
+
+Bad input is a `plmkit.errors.DataError` whose message starts with ``file:line:`` and then
+``REASON: detail`` (invalid UTF-8, invalid JSON, not a JSON object, missing field, invalid
+Unicode, malformed row, malformed CSV, ...). A reader given ``on_error`` hands it each
+row-level error instead of raising (the corpus's ``errors="skip"`` counts them by REASON).
+
+Corpus inputs:
 
 - ``.txt`` (and any unknown suffix): a blank line ends a document; each other line is a
   sentence, or is split into sentences with ``split_sentences=True``.
@@ -11,11 +26,8 @@ directories (searched recursively for the suffixes below) or glob patterns:
 - ``.csv`` / ``.tsv``: one document per row, the text in ``column`` (a 0-based index or a
   header name; ``field`` names the header when ``column`` is None).
 
-Encoding policy: UTF-8, a leading byte-order mark is tolerated. Undecodable bytes, malformed
-JSON and short rows raise :class:`CorpusError` naming ``file:line`` (``errors="strict"``, the
-default) or are skipped and counted in :attr:`Corpus.stats` (``errors="skip"``). A corpus
-without any text is an error. Files are read line by line, so a corpus larger than memory
-streams through (except ``.json`` arrays).
+A corpus without any text is an error. Files are read line by line, so a corpus larger than
+memory streams through (except ``.json`` arrays).
 """
 
 from __future__ import annotations
@@ -27,24 +39,32 @@ import json
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from plmkit.errors import UserError
+from plmkit.errors import DataError, UserError
 
 Document = list[str]
 """A document: its sentences, in order."""
 
 ErrorPolicy = Literal["strict", "skip"]
+OnError = Callable[[DataError], None]
+"""Called with each row-level error instead of raising it (the row is then skipped)."""
+Column = str | int
+TableFormat = Literal["csv", "tsv", "jsonl", "json"]
 FORMATS = ("txt", "jsonl", "json", "csv", "tsv")
-_KNOWN_SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+_SUFFIX_FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                   ".tsv": "tsv", ".tab": "tsv"}
 _MAX_SKIP_EXAMPLES = 5
 
+CorpusError = DataError
+"""Errors of corpus files: `plmkit.errors.DataError` (the name is kept for callers)."""
 
-class CorpusError(UserError):
-    """A corpus file cannot be read as promised; the message starts with ``file:line:``."""
+
+class MissingColumnError(DataError):
+    """A column or field the reader was asked for is not in the file (its header or a record)."""
 
 
 @dataclass
@@ -77,9 +97,11 @@ _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al fig figs no nos vol pp ed eds inc ltd co corp "
     "gen col lt sgt capt gov sen rep rev jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k".split()
 )
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _TERMINAL = re.compile(r"[.!?。！？]+[\"'”’」』）)\]]*")
 _CJK_TERMINAL = re.compile(r"[。！？]")
+_NON_SPACE = re.compile(r"\S")
+_WORD_WINDOW = 64
+"""Characters looked back for the word before a period (abbreviations are far shorter)."""
 
 
 CJK_CHARS = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002f800-\U0002fa1f]")
@@ -123,16 +145,295 @@ def _is_boundary(text: str, match: re.Match[str], end: int) -> bool:
         return True
     if not text[end].isspace():
         return False
-    following = text[end:].lstrip()
-    if following and following[0].islower():
+    following = _NON_SPACE.search(text, end)  # (searched, not sliced: long lines stay linear)
+    if following and following.group().islower():
         return False
     if "!" in match.group() or "?" in match.group():
         return True
-    before = text[: match.start()].rsplit(None, 1)
+    before = text[max(0, match.start() - _WORD_WINDOW): match.start()].rsplit(None, 1)
     word = before[-1].lstrip("(\"'“‘").lower() if before else ""
     if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines
+
+
+def _raise(error: DataError) -> None:
+    raise error
+
+
+def raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines without their line ending (split on b"\\n" only; gzip by suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                yield number, raw.rstrip(b"\r\n")
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(path, None, f"corrupt gzip file: {e}") from None
+
+
+def decode_line(path: str | Path, number: int, raw: bytes) -> str:
+    """One raw line as text: UTF-8, a byte-order mark on line 1 dropped; a DataError otherwise."""
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (the file looks like UTF-16)" if number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise DataError(path, number, f"invalid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}{hint}; "
+                                      "re-encode the file as UTF-8") from None
+
+
+def text_lines(path: str | Path, on_error: OnError | None = None) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file (plain or .gz), without their line endings.
+
+    An undecodable line is a DataError naming it (or goes to `on_error` and is left out).
+    """
+    for number, raw in raw_lines(path):
+        try:
+            text = decode_line(path, number, raw)
+        except DataError as e:
+            if on_error is None:
+                raise
+            on_error(e)
+            continue
+        yield number, text
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def detect_format(path: str | Path, default: str | None = None) -> str:
+    """The format of a file from its suffix (``.gz`` looked through): txt, jsonl, json, csv or tsv.
+
+    A ``.json`` file is a JSON array when its first non-blank character is "[", else JSON Lines.
+    An unknown suffix gives `default`, or a UserError when there is none.
+    """
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    kind = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+    if kind is None:
+        if default is None:
+            raise UserError(f"{path}: cannot tell the format from the suffix; give it as one of "
+                            "csv, tsv, jsonl, json")
+        return default
+    if kind == "json" and path.is_file() and _first_char(path) not in ("[", ""):
+        return "jsonl"
+    return kind
+
+
+def _first_char(path: Path) -> str:
+    for number, raw in raw_lines(path):
+        text = raw.lstrip(b"\xef\xbb\xbf" if number == 1 else b"").strip()
+        if text:
+            return chr(text[0])
+    return ""
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json(path: str | Path, line: int | None, text: str) -> Any:
+    """A JSON value; invalid JSON, NaN / Infinity and lone surrogate escapes are DataErrors."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise DataError(path, line if line is not None else e.lineno,
+                        f"invalid JSON: {e.msg} at column {e.colno}") from None
+    except ValueError as e:
+        raise DataError(path, line, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise DataError(path, line, "invalid JSON: nested too deeply") from None
+    _check_unicode(path, line, value)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_unicode(path: str | Path, line: int | None, value: Any) -> None:
+    """Refuse strings with lone surrogates (JSON escapes like "\\ud800"): no tokenizer can encode them."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                raise DataError(path, line, "invalid Unicode: a lone surrogate (\\ud800-\\udfff) escape")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def json_records(path: str | Path, fmt: str, on_error: OnError | None = None) -> Iterator[tuple[int, Any]]:
+    """(line, value) of each record of a JSON Lines file (blank lines skipped) or of a JSON array
+    (the line each element starts on). Errors of one record go to `on_error` when given."""
+    if fmt == "jsonl":
+        for number, line in text_lines(path, on_error):
+            if not line.strip():
+                continue
+            try:
+                value = parse_json(path, number, line)
+            except DataError as e:
+                if on_error is None:
+                    raise
+                on_error(e)
+                continue
+            yield number, value
+        return
+    text = "\n".join(line for _, line in text_lines(path))
+    data = parse_json(path, None, text)
+    if not isinstance(data, list):
+        raise DataError(path, 1, f"not a JSON array: expected a list of records, got {type(data).__name__}")
+    yield from zip(_element_lines(text), data)
+
+
+def _element_lines(text: str) -> Iterator[int]:
+    """The line on which each element of the JSON array `text` starts (it is valid JSON)."""
+    decoder, index = json.JSONDecoder(), text.index("[") + 1
+    while True:
+        index = _skip_space(text, index)
+        if text[index] == "]":
+            return
+        yield text.count("\n", 0, index) + 1
+        _, index = decoder.raw_decode(text, index)
+        index = _skip_space(text, index)
+        if text[index] == ",":
+            index += 1
+
+
+def _skip_space(text: str, index: int) -> int:
+    while text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
+def delimited_rows(path: str | Path, fmt: str, on_error: OnError | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each row of a CSV file (quoted fields may span lines; a quote
+    never closed is an error) or a TSV file (split on tabs, no quoting: the GLUE convention)."""
+    if fmt == "tsv":
+        for number, line in text_lines(path, on_error):
+            yield number, line.split("\t")
+        return
+    numbered = text_lines(path, on_error)
+    current = [0]
+
+    def lines() -> Iterator[str]:
+        for number, line in numbered:
+            current[0] = number
+            yield line + "\n"  # keeps newlines inside quoted fields
+
+    reader = csv.reader(lines(), strict=True)
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            what = "a quoted field is never closed" if "unexpected end of data" in str(e) else str(e)
+            raise DataError(path, start, f"malformed CSV: {what}") from None
+        yield start, fields
+        start = current[0] + 1
+
+
+def read_table(
+    path: str | Path,
+    columns: Sequence[Column],
+    *,
+    fmt: str | None = None,
+    header: bool = True,
+    column_names: Sequence[str] | None = None,
+    on_error: OnError | None = None,
+) -> Iterator[tuple[int, list[Any]]]:
+    """Yield ``(line, [value of each requested column])`` for every non-blank record.
+
+    Columns are named by header name (or by `column_names` for a file without a header) or
+    by 0-based index; JSON columns are object keys. In CSV/TSV every row must have as many
+    fields as the header (or `column_names`): a row with more or fewer (a stray tab, a comma
+    outside quotes) is malformed, never read as other columns. A requested column the file
+    lacks is a `MissingColumnError`; row-level errors go to `on_error` when given.
+    """
+    fmt = fmt or detect_format(path)
+    if fmt in ("jsonl", "json"):
+        yield from _json_table(path, columns, fmt, on_error)
+    elif fmt in ("csv", "tsv"):
+        yield from _delimited_table(path, columns, fmt, header, column_names, on_error)
+    else:
+        raise UserError(f"{path}: format {fmt!r} is not a table; use csv, tsv, jsonl or json")
+
+
+def _json_table(path: str | Path, columns: Sequence[Column], fmt: str,
+                on_error: OnError | None) -> Iterator[tuple[int, list[Any]]]:
+    report = on_error or _raise
+    for number, record in json_records(path, fmt, on_error):
+        if not isinstance(record, dict):
+            report(DataError(path, number, f"not a JSON object: got {_json_kind(record)}"))
+            continue
+        missing = [c for c in columns if c not in record]
+        if missing:
+            fields = ", ".join(map(str, list(record)[:10])) or "none"
+            report(MissingColumnError(path, number, f"missing field {missing[0]!r}: fields are {fields}"))
+            continue
+        yield number, [record[c] for c in columns]
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _delimited_table(path: str | Path, columns: Sequence[Column], fmt: str, header: bool,
+                     column_names: Sequence[str] | None, on_error: OnError | None) -> Iterator[tuple[int, list[Any]]]:
+    report = on_error or _raise
+    rows = delimited_rows(path, fmt, on_error)
+    names = list(column_names) if column_names is not None else None
+    if header:
+        first = next(rows, None)
+        if first is None:
+            raise DataError(path, 1, "empty file: expected a header row")
+        names = names or [name.strip() for name in first[1]]
+    indices = [column_index(path, c, names) for c in columns]
+    for number, fields in rows:
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue
+        if names is not None and len(fields) != len(names):
+            where = "the header has" if header and column_names is None else "the columns are"
+            report(DataError(path, number, f"malformed row: {len(fields)} fields but {where} {len(names)} "
+                                           f"({'a stray tab?' if fmt == 'tsv' else 'a comma outside quotes?'})"))
+            continue
+        short = [(c, i) for c, i in zip(columns, indices) if i >= len(fields)]
+        if short:
+            report(DataError(path, number, f"malformed row: {len(fields)} fields, so column {short[0][0]!r} "
+                                           f"(index {short[0][1]}) is missing"))
+            continue
+        yield number, [fields[i] for i in indices]
+
+
+def column_index(path: str | Path, column: Column, names: Sequence[str] | None) -> int:
+    """The 0-based index of a column given by name (in `names`) or by index."""
+    if isinstance(column, int):
+        if column < 0:
+            raise UserError(f"{path}: column index {column} must be >= 0")
+        return column
+    if names is None:
+        raise UserError(f"{path}: column {column!r} is named but the file has no header; "
+                        "give the column names or a 0-based index")
+    if column not in names:
+        raise MissingColumnError(path, 1, f"no column {column!r} in the header (columns: {', '.join(names)})")
+    return list(names).index(column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +448,7 @@ def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
-        raise CorpusError("no corpus inputs given")
+        raise UserError("no corpus inputs given")
     files: list[Path] = []
     for item in items:
         path = Path(item)
@@ -169,7 +470,7 @@ def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _suffix_list() -> str:
-    return ", ".join(sorted(_KNOWN_SUFFIXES)) + " (optionally .gz)"
+    return ", ".join(sorted(_SUFFIX_FORMATS)) + " (optionally .gz)"
 
 
 def _is_corpus_file(path: Path) -> bool:
@@ -178,19 +479,11 @@ def _is_corpus_file(path: Path) -> bool:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
-    return bool(suffixes) and suffixes[-1] in _KNOWN_SUFFIXES
-
-
-def detect_format(path: Path) -> str:
-    """The reader for a file from its suffix (``.gz`` looked through); unknown means text."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return _KNOWN_SUFFIXES.get(suffixes[-1], "txt") if suffixes else "txt"
+    return bool(suffixes) and suffixes[-1] in _SUFFIX_FORMATS
 
 
 # ---------------------------------------------------------------------------------------------
-# The reader
+# The corpus
 
 
 class Corpus:
@@ -202,8 +495,8 @@ class Corpus:
         column: CSV/TSV column, a 0-based index or a header name.
         header: whether CSV/TSV files start with a header row.
         split_sentences: split lines into sentences (see :func:`split_sentences`).
-        errors: ``"strict"`` raises :class:`CorpusError` at the first bad line; ``"skip"``
-            skips bad lines/rows and counts them in ``stats.skipped``.
+        errors: ``"strict"`` raises the DataError of the first bad line; ``"skip"`` skips bad
+            lines/rows and counts them in ``stats.skipped`` by reason.
         format: force one reader for every file (``"auto"`` decides by suffix).
     """
 
@@ -246,41 +539,24 @@ class Corpus:
         if self.stats.documents == 0:
             where = self.files[0] if len(self.files) == 1 else f"{len(self.files)} files"
             detail = f" ({self.stats.summary()})" if self.stats.skipped else ""
-            raise CorpusError(f"{where}: empty corpus, no text found{detail}")
+            raise DataError(where, None, f"empty corpus, no text found{detail}")
 
     def _read_file(self, path: Path) -> Iterator[Document]:
-        kind = detect_format(path) if self.format == "auto" else self.format
-        readers = {"txt": self._read_txt, "jsonl": self._read_jsonl, "json": self._read_json}
-        if kind in readers:
-            return readers[kind](path)
-        return self._read_table(path, "\t" if kind == "tsv" else ",")
+        kind = detect_format(path, default="txt") if self.format == "auto" else self.format
+        if kind == "txt":
+            return self._read_txt(path)
+        if kind in ("jsonl", "json"):
+            return self._read_json(path, kind)
+        return self._read_table(path, kind)
 
-    # -- error policy ---------------------------------------------------------------------------
-
-    def _bad(self, where: str, reason: str, detail: str) -> None:
+    def _bad(self, error: DataError) -> None:
         """Raise, or count a skipped line, per the error policy."""
-        message = f"{where}: {reason}{': ' + detail if detail else ''}"
         if self.errors == "strict":
-            raise CorpusError(message)
+            raise error
+        reason = error.reason.partition(": ")[0]
         self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
         if len(self.stats.examples) < _MAX_SKIP_EXAMPLES:
-            self.stats.examples.append(message)
-
-    def _lines(self, path: Path) -> Iterator[tuple[int, str]]:
-        """(line number, decoded line without its newline); undecodable lines per policy."""
-        for number, raw in _raw_lines(path):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                hint = " (the file looks like UTF-16)" if number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-                self._bad(
-                    f"{path}:{number}",
-                    "invalid UTF-8",
-                    f"byte 0x{raw[e.start]:02x} at column {e.start + 1}{hint}; re-encode the file "
-                    "as UTF-8 or use errors='skip'",
-                )
+            self.stats.examples.append(str(error))
 
     def _sentences(self, text: str) -> list[str]:
         out: list[str] = []
@@ -290,11 +566,9 @@ class Corpus:
                 out.extend(split_sentences(line) if self.split else [line])
         return out
 
-    # -- formats --------------------------------------------------------------------------------
-
     def _read_txt(self, path: Path) -> Iterator[Document]:
         doc: Document = []
-        for _, line in self._lines(path):
+        for _, line in text_lines(path, self._bad):
             if line.strip():
                 doc.extend(self._sentences(line))
             elif doc:
@@ -303,109 +577,29 @@ class Corpus:
         if doc:
             yield doc
 
-    def _read_jsonl(self, path: Path) -> Iterator[Document]:
-        for number, line in self._lines(path):
-            if not line.strip():
+    def _read_json(self, path: Path, kind: str) -> Iterator[Document]:
+        for number, (value,) in read_table(path, [self.field], fmt=kind, on_error=self._bad):
+            texts = [value] if isinstance(value, str) else value
+            if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
+                self._bad(DataError(path, number, f"field {self.field!r} is not text: got {_json_kind(value)}"))
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                self._bad(f"{path}:{number}", "invalid JSON", f"{e.msg} at column {e.colno}")
-                continue
-            doc = self._record_text(record, f"{path}:{number}")
+            doc = [s for v in texts for s in self._sentences(v)]
             if doc:
                 yield doc
 
-    def _read_json(self, path: Path) -> Iterator[Document]:
-        text = "\n".join(line for _, line in self._lines(path))
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path}:{e.lineno}: invalid JSON: {e.msg} at column {e.colno}") from None
-        if not isinstance(data, list):
-            raise CorpusError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-        for index, record in enumerate(data):
-            doc = self._record_text(record, f"{path}: item {index}")
-            if doc:
-                yield doc
-
-    def _record_text(self, record: Any, where: str) -> Document:
-        if not isinstance(record, dict):
-            self._bad(where, "not a JSON object", f"got {type(record).__name__}")
-            return []
-        if self.field not in record:
-            keys = ", ".join(map(str, list(record)[:10]))
-            self._bad(where, f"missing field {self.field!r}", f"keys are {keys}")
-            return []
-        value = record[self.field]
-        texts = [value] if isinstance(value, str) else value
-        if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
-            self._bad(where, f"field {self.field!r} is not text", f"got {type(value).__name__}")
-            return []
-        if any(_LONE_SURROGATE.search(v) for v in texts):
-            self._bad(where, "invalid Unicode", f"field {self.field!r} has a lone surrogate (\\ud800-\\udfff) escape")
-            return []
-        return [s for v in texts for s in self._sentences(v)]
-
-    def _read_table(self, path: Path, delimiter: str) -> Iterator[Document]:
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        numbered = self._lines(path)
-        line_of: list[int] = [0]
-
-        def lines() -> Iterator[str]:
-            for number, line in numbered:
-                line_of[0] = number
-                yield line + "\n"  # keeps newlines inside quoted fields
-
-        reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting)
+    def _read_table(self, path: Path, kind: str) -> Iterator[Document]:
         if not self.header and not isinstance(self.column, int):
-            raise CorpusError(f"{path}: a column given by name needs a header row; give an index")
-        try:
-            index = self.column if isinstance(self.column, int) else -1
-            if self.header:
-                first = next(reader, None)
-                if first is None:
-                    return
-                index = index if index >= 0 else self._column_index(first, path)
-            for row in reader:
-                if not row or row == [""]:
-                    continue
-                if index >= len(row):
-                    self._bad(f"{path}:{line_of[0]}", "short row", f"{len(row)} columns, column {index} needed")
-                    continue
-                doc = self._sentences(row[index])
-                if doc:
-                    yield doc
-        except csv.Error as e:
-            raise CorpusError(f"{path}:{line_of[0]}: malformed CSV: {e}") from None
-
-    def _column_index(self, header: list[str], path: Path) -> int:
-        name = self.column if isinstance(self.column, str) else self.field
-        if name not in header:
-            raise CorpusError(f"{path}:1: no column {name!r} in the header (columns: {', '.join(header)})")
-        return header.index(name)
-
-
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Numbered raw lines (split on b"\\n" only, so U+2028 inside text is kept)."""
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                yield number, raw.rstrip(b"\r\n")
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise CorpusError(f"{path}: corrupt gzip file: {e}") from None
+            raise UserError(f"{path}: a column given by name needs a header row; give an index")
+        column = self.column if self.column is not None else self.field
+        for _, (text,) in read_table(path, [column], fmt=kind, header=self.header, on_error=self._bad):
+            doc = self._sentences(text)
+            if doc:
+                yield doc
 
 
 def read_documents(inputs: str | Path | Sequence[str | Path], **options: Any) -> Iterator[Document]:
     """Documents of a corpus, lazily (options as for :class:`Corpus`)."""
     return iter(Corpus(inputs, **options))
-
-
-def iter_texts(docs: Iterable[Document]) -> Iterator[str]:
-    """Each document as one text (sentences joined by newlines), e.g. to train a tokenizer."""
-    for doc in docs:
-        yield "\n".join(doc)
 
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

@@ -21,10 +21,12 @@ from plmkit.explain.attribution import (
     Attribution, explain_text, integrated_gradients, render_html, render_text, token_embedding,
 )
 from plmkit.outputs import EXPLAIN, claim_output
+from plmkit.files import atomic_write_text
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="model directory (config.json, weights, tokenizer)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="training run (its best/, else final/, model) or model directory")
     parser.add_argument("text", help="the text to explain")
     parser.add_argument("--pair", default=None, help="second text of a pair")
     parser.add_argument("--method", choices=("auto", "ig", "attention"), default="auto",
@@ -40,8 +42,10 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
 def cli_run(args: argparse.Namespace) -> int:
     from plmkit.data.tokenizer import Tokenizer
     from plmkit.models import load
+    from plmkit.rundir import model_dir
 
-    model, tokenizer = load(args.run_dir), Tokenizer.load(args.run_dir)
+    folder = model_dir(args.run_dir)
+    model, tokenizer = load(folder), Tokenizer.load(folder)
     with claim_output(args.output, EXPLAIN, inputs=[args.run_dir]) as claim:  # never over files of yours
         return _explain(model, tokenizer, args, claim.ensure())
 
@@ -55,8 +59,8 @@ def _explain(model, tokenizer, args: argparse.Namespace, out: Path) -> int:
         attribution = explain_text(model, tokenizer, args.text, args.pair, target=target,
                                    baseline=args.baseline, n_steps=args.n_steps)
         print(render_text(attribution))
-        page = out / "attribution.html"
-        page.write_text(f"<!doctype html><meta charset='utf-8'>{render_html(attribution)}\n", encoding="utf-8")
+        page = atomic_write_text(out / "attribution.html",
+                                 f"<!doctype html><meta charset='utf-8'>{render_html(attribution)}\n")
         print(f"wrote {page}")
         return 0
     tokens, maps = text_attention(model, tokenizer, args.text, args.pair)  # (L, H, T, T)

@@ -15,6 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from plmkit.files import atomic_write
+from plmkit.infer.batching import device_of, input_names, position_limit
+from plmkit.models.base import eval_mode
 from plmkit.models.layers import Attention, apply_rotary
 
 Stack = Literal["self", "decoder", "cross"]
@@ -79,25 +82,22 @@ def attention_maps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
 
     modules = list(dict.fromkeys(attention_modules(model, stack)))  # shared layers: hook once
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(input_ids, attention_mask=attention_mask, **forward_kwargs)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return torch.stack(captured)  # (L, B, H, T, S)
 
 
 def text_attention(model: nn.Module, tokenizer, text: str, pair: str | None = None, *,
                    stack: Stack = "self") -> tuple[list[str], Tensor]:
     """Tokens and attention maps (L, H, T, T) of one text (or text pair) through an encoder or decoder."""
-    enc = tokenizer.encode(text, pair)
-    ids = torch.tensor([enc.ids], device=_device(model))
+    enc = tokenizer.encode(text, pair, max_length=position_limit(model.config))
+    ids = torch.tensor([enc.ids], device=device_of(model))
     kwargs: dict[str, Any] = {}
-    if model.config.arch == "encoder" and model.config.type_vocab_size > 0:
+    if "token_type_ids" in input_names(model):
         kwargs["token_type_ids"] = torch.tensor([enc.type_ids], device=ids.device)
     if model.config.arch == "encoder-decoder":
         kwargs["decoder_input_ids"] = torch.full((1, 1), model.decoder_start_id, device=ids.device)
@@ -137,12 +137,7 @@ def plot_attention(weights: Tensor, tokens: list[str], path: str | Path, *, key_
         fig.suptitle(title)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 __all__ = ["attention_maps", "attention_modules", "attention_probabilities", "plot_attention", "text_attention"]

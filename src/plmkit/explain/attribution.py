@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from plmkit.infer.base import label_names
+from plmkit.infer.batching import device_of, input_names, label_names, pad_id, position_limit
+from plmkit.models.base import eval_mode
 
 Baseline = Literal["pad", "zero"]
 Output = Literal["probability", "logit"]
@@ -89,9 +90,7 @@ def integrated_gradients(
     weights = torch.tensor(weights / 2, dtype=x.dtype, device=x.device)
     kwargs = _forward_kwargs(model, attention_mask, token_type_ids)
     total = torch.zeros_like(x[0])  # (T, E)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, n_steps, internal_batch_size):
             a = alphas[start: start + internal_batch_size]
             with torch.enable_grad():
@@ -101,8 +100,6 @@ def integrated_gradients(
             total += (grad * weights[start: start + len(a), None, None]).sum(dim=0)
         with torch.no_grad():
             ends = _scores(model, emb, torch.cat([x, x0]), input_ids, kwargs, target, output)
-    finally:
-        model.train(was_training)
     attributions = ((x[0] - x0[0]) * total).sum(dim=-1)  # (T,)
     return attributions.detach(), float(ends[0]), float(ends[1])
 
@@ -112,7 +109,7 @@ def _forward_kwargs(model: nn.Module, attention_mask: Tensor | None,
     kwargs = {}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
-    if token_type_ids is not None and model.config.arch == "encoder":
+    if token_type_ids is not None and "token_type_ids" in input_names(model):
         kwargs["token_type_ids"] = token_type_ids
     return kwargs
 
@@ -153,18 +150,15 @@ def explain_text(
         raise ValueError(f"integrated gradients explains sequence classifiers; this model has a {model.task} head")
     if baseline not in ("pad", "zero"):
         raise ValueError(f"baseline must be 'pad' or 'zero', got {baseline!r}")
-    enc = tokenizer.encode(text, pair, max_length=model.config.max_positions - model.config.position_offset)
-    device = next(model.parameters()).device
+    enc = tokenizer.encode(text, pair, max_length=position_limit(model.config))
+    device = device_of(model)
     ids = torch.tensor([enc.ids], device=device)
     types = torch.tensor([enc.type_ids], device=device)
     mask = torch.ones_like(ids)
     names = label_names(model.config)
     if target is None:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
+        with eval_mode(model), torch.no_grad():
             target = int(model(ids, **_forward_kwargs(model, mask, types)).logits.argmax(dim=-1))
-            model.train(was_training)
     elif isinstance(target, str):
         if target not in names:
             raise ValueError(f"unknown label {target!r}; labels: {names}")
@@ -173,7 +167,7 @@ def explain_text(
         raise ValueError(f"target {target} out of range for {len(names)} classes")
     base = None
     if baseline == "pad":
-        pad = tokenizer.pad_id if tokenizer.pad_id is not None else model.config.pad_token_id
+        pad = pad_id(tokenizer, model.config)
         special = torch.tensor([enc.special_tokens_mask], device=device).bool()
         base = torch.where(special, ids, torch.full_like(ids, pad))
     scores, f_x, f_0 = integrated_gradients(model, ids, mask, types, target=target, baseline_ids=base,

@@ -9,21 +9,35 @@ back into one dict per input, in input order. The task pipelines live in `plmkit
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from plmkit.data.tasks.features import collate
-from plmkit.infer.control import checkpoint
+from plmkit.errors import UserError
+from plmkit.heads import pipeline_task
+from plmkit.data.tasks.features import trim_span
+from plmkit.infer.batching import device_of, label_names, map_sorted, model_batch, pad_id, position_limit
+from plmkit.models.base import eval_mode
 
-RECIPE_FILE = "finetune.json"
-"""Written by the fine-tuning recipes into a run and its model folders: {"task": ..., "config": ...}."""
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
            "fp32": None, "float32": None}
+
+
+class InputError(UserError):
+    """One input of a pipeline call cannot be used; `index` says which (the message starts with
+    "input INDEX: " when the call had several)."""
+
+    def __init__(self, index: int, message: str, several: bool = True) -> None:
+        super().__init__(f"input {index}: {message}" if several else message)
+        self.index = index
+        self.reason = message
+
+
+class NonFiniteScores(UserError):
+    """The model produced NaN or infinite scores: its weights are damaged (or fp16 overflowed)."""
 
 
 @dataclass
@@ -38,8 +52,9 @@ class Pipeline:
     """Base of every pipeline: option handling, length-sorted batching, device and dtype.
 
     Subclasses set `task`, `options` (valid options with defaults) and implement `preprocess`
-    (input -> features), `forward` (features -> one output per feature) and `postprocess`
-    (input, its features and outputs -> result dict).
+    (input -> features; or `preprocess_batch` for many inputs at once), `forward` (features ->
+    one output per feature) and `postprocess` (input, its features and outputs -> result dict).
+    Each call runs the model in eval mode and restores its mode afterwards.
     """
 
     task: ClassVar[str] = ""
@@ -52,8 +67,8 @@ class Pipeline:
         self.check_model(model)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = torch.device(device) if device is not None else model.device
-        self.model = model.to(self.device).eval()
+        self.device = torch.device(device) if device is not None else device_of(model)
+        self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.dtype = resolve_dtype(dtype)
@@ -82,12 +97,11 @@ class Pipeline:
     @property
     def max_length(self) -> int:
         """Most tokens one row may hold (the model's positions)."""
-        return self.config.max_positions - self.config.position_offset
+        return position_limit(self.config)
 
     @property
     def pad_id(self) -> int:
-        pad = self.tokenizer.pad_id
-        return int(pad) if pad is not None else int(self.config.pad_token_id)
+        return pad_id(self.tokenizer, self.config)
 
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, inputs: Any, **options: Any) -> dict[str, Any] | list[dict[str, Any]]:
@@ -107,14 +121,9 @@ class Pipeline:
 
     def run(self, items: list[Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
         """Preprocess every input, forward all features in length-sorted batches, postprocess."""
-        owners, features = [], []
-        for i, item in enumerate(items):
-            try:
-                made = self.preprocess(item, opts)
-            except ValueError as e:
-                raise ValueError(f"input {i}: {e}" if len(items) > 1 else str(e)) from None
-            owners += [i] * len(made)
-            features += made
+        made = self.preprocess_batch(items, opts)
+        owners = [i for i, features in enumerate(made) for _ in features]
+        features = [f for fs in made for f in fs]
         outputs = self._forward_sorted(features, opts)
         grouped: list[list[int]] = [[] for _ in items]
         for k, owner in enumerate(owners):
@@ -122,15 +131,19 @@ class Pipeline:
         return [self.postprocess(item, [features[k] for k in ks], [outputs[k] for k in ks], opts)
                 for item, ks in zip(items, grouped)]
 
+    def preprocess_batch(self, items: list[Any], opts: dict[str, Any]) -> list[list[Feature]]:
+        """The features of each input (`preprocess` one by one); a bad input is an `InputError`."""
+        made = []
+        for i, item in enumerate(items):
+            with input_errors(i, len(items)):
+                made.append(self.preprocess(item, opts))
+        return made
+
     def _forward_sorted(self, features: list[Feature], opts: dict[str, Any]) -> list[Any]:
-        order = sorted(range(len(features)), key=lambda k: len(features[k].inputs["input_ids"]))
-        outputs: list[Any] = [None] * len(features)
-        with torch.inference_mode(), self.autocast():
-            for start in range(0, len(order), self.batch_size):
-                checkpoint()  # a controlled caller (the server) may cancel between batches
-                chunk = order[start: start + self.batch_size]
-                for k, out in zip(chunk, self.forward([features[k] for k in chunk], opts)):
-                    outputs[k] = out
+        lengths = [len(f.inputs["input_ids"]) for f in features]
+        with eval_mode(self.model), torch.inference_mode(), self.autocast():
+            outputs = map_sorted(features, lengths, self.batch_size, lambda chunk: self.forward(chunk, opts))
+        check_finite(outputs, self.task)
         return outputs
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -140,15 +153,29 @@ class Pipeline:
 
     def collate(self, features: list[Feature]) -> dict[str, Tensor]:
         """Right-padded (B, T) tensors on the device, only with inputs this model's forward takes."""
-        batch = collate([f.inputs for f in features], self.pad_id)
-        if self.config.arch != "encoder" or self.config.type_vocab_size == 0:
-            batch.pop("token_type_ids", None)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return model_batch(self.model, [f.inputs for f in features], self.pad_id, self.device)
 
     def encode(self, text: str, pair: str | None = None, max_length: int | None = None) -> Feature:
-        enc = self.tokenizer.encode(text, pair, max_length=min(max_length or self.max_length, self.max_length))
-        inputs = {"input_ids": enc.ids, "token_type_ids": enc.type_ids, "attention_mask": enc.attention_mask}
-        return Feature(inputs, enc)
+        return self.encode_batch([text], [pair], max_length)[0]
+
+    def encode_batch(self, texts: list[Any], pairs: list[str | None] | None = None, max_length: int | None = None,
+                     words: bool = False) -> list[Feature]:
+        """One feature per text (or text pair; None = no pair), cut to `max_length` tokens (at most
+        the model's); ``words=True``: each text is a list of words."""
+        limit = min(max_length or self.max_length, self.max_length)
+        pairs = pairs if pairs is not None else [None] * len(texts)
+        out: list[Feature | None] = [None] * len(texts)
+        for has_pair in (False, True):
+            rows = [i for i, p in enumerate(pairs) if (p is not None) == has_pair]
+            if not rows:
+                continue
+            encodings = self.tokenizer.encode_batch([texts[i] for i in rows],
+                                                    [pairs[i] for i in rows] if has_pair else None,
+                                                    max_length=limit, is_split_into_words=words)
+            for i, enc in zip(rows, encodings):
+                inputs = {"input_ids": enc.ids, "token_type_ids": enc.type_ids, "attention_mask": enc.attention_mask}
+                out[i] = Feature(inputs, enc)
+        return out  # type: ignore[return-value]
 
     # ---- to implement ------------------------------------------------------------------------
     def preprocess(self, item: Any, opts: dict[str, Any]) -> list[Feature]:
@@ -160,12 +187,6 @@ class Pipeline:
     def postprocess(self, item: Any, features: list[Feature], outputs: list[Any],
                     opts: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
-
-
-def label_names(config) -> list[str]:
-    """Class names from config.id2label, else LABEL_0, LABEL_1, ..."""
-    id2label = config.id2label or {}
-    return [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
 
 
 def as_text_pair(item: Any) -> tuple[str, str | None]:
@@ -189,57 +210,37 @@ def as_text(item: Any) -> str:
     return item
 
 
-def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
-    """Character span [start, end) of `text` shrunk to exclude leading and trailing whitespace."""
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
+def task_for_model(model, recipe: str | None = None) -> str:
+    """The pipeline task that serves a model: the one its fine-tuning recipe names (finetune.json)
+    when that pipeline accepts the model, else the one of its head (`plmkit.heads`)."""
+    from plmkit.infer.pipeline import PIPELINES
+
+    if recipe is not None:
+        task = pipeline_task(recipe=recipe)
+        if task in PIPELINES and PIPELINES[task].accepts(model):
+            return task
+    return pipeline_task(head=model.task, arch=model.config.arch)
 
 
-_TASK_OF_HEAD = {
-    "sequence-classification": "text-classification",
-    "token-classification": "token-classification",
-    "question-answering": "question-answering",
-    "masked-lm": "fill-mask",
-    "causal-lm": "text-generation",
-    "seq2seq-lm": "summarization",
-    "feature-extraction": "feature-extraction",
-}
+def check_finite(outputs: list[Any], task: str) -> None:
+    """Raise `NonFiniteScores` when any float array among the outputs (or inside their tuples)
+    holds NaN or infinity: a pipeline never returns such a score as a result."""
+    for out in outputs:
+        for part in out if isinstance(out, tuple) else (out,):
+            if isinstance(part, np.ndarray) and part.dtype.kind == "f" and not np.isfinite(part).all():
+                raise NonFiniteScores(f"{task}: the model produced non-finite scores (NaN or infinity); its "
+                                      "weights may be damaged, or fp16 overflowed (try dtype='bf16' or fp32)")
 
 
-def task_for_model(model, recipe_task: str | None = None) -> str:
-    """The pipeline task that fits a model's head (seq2seq -> summarization; encoder pretraining ->
-    fill-mask); a fine-tuning recipe of "summarization" or "translation" picks that task."""
-    if recipe_task in ("summarization", "translation") and model.task in ("seq2seq-lm", "causal-lm", "pretraining"):
-        return recipe_task
-    if model.task == "pretraining":
-        return {"encoder": "fill-mask", "decoder": "text-generation"}.get(model.config.arch, "summarization")
-    return _TASK_OF_HEAD.get(model.task, "feature-extraction")
-
-
-def model_directory(path: str | Path) -> Path:
-    """The model folder of `path`: itself when it holds config.json, else a run's best/ or final/."""
-    folder = Path(path)
-    for candidate in (folder, folder / "best", folder / "final"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"{folder}: no config.json here nor in {folder / 'best'} or {folder / 'final'} "
-                            "(expected a model directory or a fine-tuning run)")
-
-
-def recipe_task(model_dir: Path) -> str | None:
-    """The task of the fine-tuning run a model folder belongs to (finetune.json beside or above it)."""
-    for folder in (model_dir, model_dir.parent):
-        path = folder / RECIPE_FILE
-        if path.is_file():
-            try:
-                task = json.loads(path.read_text(encoding="utf-8")).get("task")
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-                raise ValueError(f"{path}: not a valid recipe file: {e}") from None
-            return task if isinstance(task, str) else None
-    return None
+@contextlib.contextmanager
+def input_errors(index: int, count: int):
+    """Turn a ValueError raised while preparing input `index` (of `count`) into an `InputError`."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(index, str(e), count > 1) from None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -255,5 +256,5 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
-__all__ = ["Feature", "Pipeline", "as_text", "as_text_pair", "label_names", "model_directory", "recipe_task",
-           "resolve_dtype", "task_for_model", "trim_span"]
+__all__ = ["Feature", "InputError", "NonFiniteScores", "Pipeline", "as_text", "as_text_pair", "check_finite",
+           "input_errors", "label_names", "resolve_dtype", "task_for_model", "trim_span"]

@@ -34,6 +34,7 @@ from plmkit.infer.quantize import DTYPES, prepare_for_inference
 from plmkit.infer.sampling import banned_ngram_tokens, repetition_penalty, sample
 from plmkit.infer.stepper import Stepper
 from plmkit.infer.streaming import Decoder, TextStream
+from plmkit.models.base import eval_mode
 
 
 @dataclass
@@ -140,7 +141,7 @@ def generate(model, inputs: Tensor | Sequence[Sequence[int]], config: Generation
     """
     cfg = _config(config, options)
     run = _Run(model, _prompts(inputs, attention_mask, model.config.vocab_size), cfg, tokenizer)
-    with _eval(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         return run.beam() if cfg.num_beams > 1 else run.sample()
 
 
@@ -167,7 +168,7 @@ def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None =
     if cfg.num_beams > 1:
         raise ValueError("streaming needs greedy decoding or sampling (num_beams=1)")
     run = _Run(model, [encode_prompt(model, tokenizer, prompt)], cfg, tokenizer, force_text=True)
-    with _eval(model):
+    with eval_mode(model):
         yield from (text for _, text in run.texts() if text)
     return run.output
 
@@ -377,20 +378,6 @@ def _stop_ids(model, cfg: GenerationConfig) -> list[int]:
     return [] if eos is None else [eos]
 
 
-class _eval:
-    """Context: the model in eval mode (no dropout), its previous mode restored afterwards."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
-
-
 class _StopFinder:
     """Stop strings in the text of complete token lists (beam search), and the cut text."""
 
@@ -423,7 +410,8 @@ def _reason(tokens: list[int], stop: set[int], finder: _StopFinder) -> str:
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", help="model directory (config.json, model.safetensors, tokenizer files)")
+    parser.add_argument("model_dir", metavar="RUN_DIR",
+                        help="training run (its best/, else final/, model) or model directory")
     parser.add_argument("prompt", help="the prompt (an encoder-decoder's source text)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--min-new-tokens", type=int, default=0)
@@ -443,11 +431,12 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    import plmkit
     from plmkit.data.tokenizer import Tokenizer
+    from plmkit.models import load
+    from plmkit.rundir import model_dir
 
-    model = plmkit.load(args.model_dir)
-    tokenizer = Tokenizer.load(args.model_dir)
+    folder = model_dir(args.model_dir)
+    model, tokenizer = load(folder), Tokenizer.load(folder)
     cfg = GenerationConfig(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, num_beams=args.num_beams,

@@ -26,6 +26,7 @@ feature-extraction     any model: mean-pooled (or [CLS]) last hidden states
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plmkit.data.tasks.qa import QAExample, QAFeature, encode_qa, nbest_spans
+from plmkit.data.tasks.ner import first_tokens
+from plmkit.data.tasks.qa import QAExample, QAFeature, WindowError, encode_qa, rank_answers
 from plmkit.data.tasks.seq2seq import causal_lm_prompts
 from plmkit.infer.base import (
-    Feature, Pipeline, as_text, as_text_pair, label_names, model_directory, recipe_task, task_for_model, trim_span,
+    Feature, InputError, Pipeline, as_text, as_text_pair, input_errors, task_for_model, trim_span,
 )
+from plmkit.infer.batching import eos_id, label_names
+from plmkit.rundir import model_dir, pipeline_options, recipe_task
 
 _MASK_SPELLINGS = ("[MASK]", "<mask>")
+_CJK = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"
+_CJK_GAP = re.compile(f"(?<=[{_CJK}]) +(?=[{_CJK}])")
+"""Spaces between two CJK characters, as a WordPiece decoder joins them."""
 
 
 # --------------------------------------------------------------------------- classification
@@ -67,6 +74,15 @@ class TextClassificationPipeline(Pipeline):
     def preprocess(self, item: Any, opts: dict[str, Any]) -> list[Feature]:
         text, pair = as_text_pair(item)
         return [self.encode(text, pair, opts["max_length"])]
+
+    def preprocess_batch(self, items: list[Any], opts: dict[str, Any]) -> list[list[Feature]]:
+        texts, pairs = [], []
+        for i, item in enumerate(items):
+            with input_errors(i, len(items)):
+                text, pair = as_text_pair(item)
+            texts.append(text)
+            pairs.append(pair)
+        return [[f] for f in self.encode_batch(texts, pairs, opts["max_length"])]
 
     def forward(self, features: list[Feature], opts: dict[str, Any]) -> list[np.ndarray]:
         logits = self.model(**self.collate(features)).logits.float()  # (B, K)
@@ -95,13 +111,16 @@ class TextClassificationPipeline(Pipeline):
 
 
 class TokenClassificationPipeline(Pipeline):
-    """Named entities with character offsets into the original text.
+    """Named entities with character offsets into the original text, or one tag per given word.
 
-    A word (as the tokenizer's pre-tokenizer splits the text) takes the prediction of its first
-    piece, as in training. ``aggregation="simple"`` groups BIO/BIOES word tags into entities
+    A text is split into words by the tokenizer's pre-tokenizer; ``{"words": [...]}`` gives the
+    words (a CoNLL sentence). A word takes the prediction of its first piece, as in training.
+    For a text, ``aggregation="simple"`` groups BIO/BIOES word tags into entities
     ``{"entity_group", "word", "start", "end", "score"}`` (score: mean word probability);
     ``"none"`` lists words ``{"entity", "word", "start", "end", "score"}``, leaving out
-    `ignore_labels`. Text beyond the model's length is truncated. Result ``{"entities": [...]}``.
+    `ignore_labels`; the result is ``{"entities": [...]}``. For given words the result is
+    ``{"tags": [one per word], "scores": [its probability]}``; words beyond `max_length` tokens
+    are tagged "O" with score None. Text beyond the model's length is truncated.
     """
 
     task = "token-classification"
@@ -116,20 +135,58 @@ class TokenClassificationPipeline(Pipeline):
         return "a token-classification head"
 
     def preprocess(self, item: Any, opts: dict[str, Any]) -> list[Feature]:
+        return self.preprocess_batch([item], opts)[0]
+
+    def preprocess_batch(self, items: list[Any], opts: dict[str, Any]) -> list[list[Feature]]:
         if opts["aggregation"] not in ("simple", "none"):
             raise ValueError(f"aggregation must be 'simple' or 'none', got {opts['aggregation']!r}")
-        return [self.encode(as_text(item), None, opts["max_length"])]
+        parsed = []
+        for i, item in enumerate(items):
+            with input_errors(i, len(items)):
+                parsed.append(_text_or_words(item))
+        out: list[list[Feature]] = [[] for _ in items]
+        for words in (False, True):
+            rows = [i for i, p in enumerate(parsed) if isinstance(p, list) == words]
+            if rows:
+                for i, f in zip(rows, self.encode_batch([parsed[i] for i in rows], None, opts["max_length"], words)):
+                    out[i] = [f]
+        return out
 
     def forward(self, features: list[Feature], opts: dict[str, Any]) -> list[np.ndarray]:
         probs = self.model(**self.collate(features)).logits.float().softmax(dim=-1).cpu().numpy()  # (B, T, K)
         return [p[: len(f.inputs["input_ids"])] for p, f in zip(probs, features)]
 
-    def postprocess(self, item: str, features, outputs, opts) -> dict[str, Any]:
-        words = word_predictions(item, features[0].meta, outputs[0], label_names(self.config))
+    def postprocess(self, item: Any, features, outputs, opts) -> dict[str, Any]:
+        names = label_names(self.config)
+        if isinstance(item, dict):
+            return word_tag_scores(features[0].meta.word_ids, outputs[0], names, len(item["words"]))
+        words = word_predictions(item, features[0].meta, outputs[0], names)
         if opts["aggregation"] == "none":
             ignore = set(opts["ignore_labels"] or ())
             return {"entities": [w for w in words if w["entity"] not in ignore]}
         return {"entities": group_entities(item, words)}
+
+
+def _text_or_words(item: Any) -> str | list[str]:
+    """A text, or the word list of ``{"words": [...]}``."""
+    if isinstance(item, dict) and set(item) == {"words"}:
+        words = item["words"]
+        if isinstance(words, (list, tuple)) and words and all(isinstance(w, str) and w.strip() for w in words):
+            return list(words)
+        raise ValueError(f"expected {{'words': [non-empty texts]}}, got {item!r}")
+    return as_text(item)
+
+
+def word_tag_scores(word_ids: list[int | None], probs: np.ndarray, names: list[str],
+                    num_words: int) -> dict[str, list[Any]]:
+    """One tag and its probability per word, from the probabilities (T, K) of each word's first
+    token; words without tokens (cut off) are "O" with score None."""
+    tags: list[str] = ["O"] * num_words
+    scores: list[float | None] = [None] * num_words
+    for word, token in first_tokens(word_ids).items():
+        k = int(probs[token].argmax())
+        tags[word], scores[word] = names[k], float(probs[token, k])
+    return {"tags": tags, "scores": scores}
 
 
 def word_predictions(text: str, encoding, probs: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
@@ -138,17 +195,17 @@ def word_predictions(text: str, encoding, probs: np.ndarray, names: list[str]) -
     probs (T, K) for the tokens of `encoding`; spans are trimmed of surrounding whitespace.
     """
     words: dict[int, dict[str, Any]] = {}
-    for t, (word, (start, end)) in enumerate(zip(encoding.word_ids, encoding.offsets)):
-        if word is None or encoding.special_tokens_mask[t]:
-            continue
-        if word not in words:
-            k = int(probs[t].argmax())
-            words[word] = {"entity": names[k], "score": float(probs[t, k]), "start": start, "end": end}
-        else:
-            words[word]["start"] = min(words[word]["start"], start)
-            words[word]["end"] = max(words[word]["end"], end)
+    for word, token in first_tokens(encoding.word_ids).items():
+        k = int(probs[token].argmax())
+        words[word] = {"entity": names[k], "score": float(probs[token, k]), "start": None, "end": None}
+    for word, (start, end) in zip(encoding.word_ids, encoding.offsets):
+        if word is not None:
+            w = words[word]
+            w["start"] = start if w["start"] is None else min(w["start"], start)
+            w["end"] = end if w["end"] is None else max(w["end"], end)
     out = []
-    for w in words.values():
+    for word in sorted(words):
+        w = words[word]
         start, end = trim_span(text, w["start"], w["end"])
         if start < end:
             out.append({**w, "word": text[start:end], "start": start, "end": end})
@@ -194,14 +251,16 @@ class QuestionAnsweringPipeline(Pipeline):
 
     A context too long for one row is cut into windows of `max_length` tokens (at most the
     model's positions) overlapping by `doc_stride` tokens (default: a quarter of a window, at
-    most 128); the best span over all windows wins. Result ``{"answer", "start", "end",
-    "score"}`` with ``context[start:end] == answer`` and score the span probability
-    p(start) * p(end) within its window; with ``top_k`` > 1 also ``"answers"``.
+    most 128); the best span over all windows wins, among the `n_best` starts and ends of each
+    window. Result ``{"answer", "start", "end", "score"}`` with ``context[start:end] == answer``
+    and score the span probability p(start) * p(end) within its window; with ``top_k`` > 1 also
+    ``"answers"``. With `null_threshold` (SQuAD v2) the answer is "" (score 0) when the
+    no-answer log-probability log p(start=0) + log p(end=0) beats the best span's by more than it.
     """
 
     task = "question-answering"
     options = {"top_k": 1, "max_length": 384, "doc_stride": None, "max_question_length": 64,
-               "max_answer_length": 30}
+               "max_answer_length": 30, "n_best": 20, "null_threshold": None}
 
     @classmethod
     def accepts(cls, model) -> bool:
@@ -212,19 +271,30 @@ class QuestionAnsweringPipeline(Pipeline):
         return "a question-answering head"
 
     def preprocess(self, item: Any, opts: dict[str, Any]) -> list[Feature]:
-        question, context = _question_context(item)
+        return self.preprocess_batch([item], opts)[0]
+
+    def preprocess_batch(self, items: list[Any], opts: dict[str, Any]) -> list[list[Feature]]:
+        examples = []
+        for i, item in enumerate(items):
+            with input_errors(i, len(items)):
+                question, context = _question_context(item)
+            examples.append(QAExample(id=str(i), question=question, context=context))
         length = min(opts["max_length"], self.max_length)
         stride = opts["doc_stride"] if opts["doc_stride"] is not None else min(128, length // 4)
-        example = QAExample(id="0", question=question, context=context)
         try:
-            windows = encode_qa([example], self.tokenizer, max_length=length, stride=stride,
+            windows = encode_qa(examples, self.tokenizer, max_length=length, stride=stride,
                                 max_query_length=opts["max_question_length"], with_labels=False)
+        except WindowError as e:
+            raise InputError(e.example_index, str(e).partition(": ")[2], len(items) > 1) from None
         except ValueError:
             raise
         except Exception as e:  # the Rust tokenizer raises a bare Exception when windows cannot overlap
             raise ValueError(f"cannot cut the context into windows of max_length={length} with "
                              f"doc_stride={stride} beside the question: {e}") from None
-        return [Feature(w.inputs, w) for w in windows]
+        out: list[list[Feature]] = [[] for _ in items]
+        for w in windows:
+            out[w.example_index].append(Feature(w.inputs, w))
+        return out
 
     def forward(self, features: list[Feature], opts: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
         batch = self.collate(features)
@@ -238,21 +308,12 @@ class QuestionAnsweringPipeline(Pipeline):
     def postprocess(self, item, features, outputs, opts) -> dict[str, Any]:
         _, context = _question_context(item)
         top_k = max(1, opts["top_k"])
-        spans = []
-        for feature, (start, end) in zip(features, outputs):
-            qa_feature: QAFeature = feature.meta
-            spans += nbest_spans(qa_feature, context, start, end, n_best=max(top_k, 20),
-                                 max_answer_length=opts["max_answer_length"])
-        answers, seen = [], set()
-        for span in sorted(spans, key=lambda s: -s.score):
-            start, end = trim_span(context, span.start, span.end)
-            if (start, end) in seen or start == end:
-                continue
-            seen.add((start, end))
-            answers.append({"answer": context[start:end], "start": start, "end": end,
-                            "score": float(math.exp(span.score))})
-            if len(answers) == top_k:
-                break
+        windows: list[QAFeature] = [f.meta for f in features]
+        spans = rank_answers(windows, context, [s for s, _ in outputs], [e for _, e in outputs],
+                             n_best=max(top_k, opts["n_best"]), max_answer_length=opts["max_answer_length"],
+                             null_threshold=opts["null_threshold"], top_k=top_k)
+        answers = [{"answer": s.text, "start": s.start, "end": s.end, "score": float(math.exp(s.score))}
+                   for s in spans]
         result = dict(answers[0]) if answers else {"answer": "", "start": 0, "end": 0, "score": 0.0}
         if top_k > 1:
             result["answers"] = answers
@@ -425,26 +486,56 @@ class TextGenerationPipeline(Pipeline):
 
 class SummarizationPipeline(TextGenerationPipeline):
     """Summarize a text: an encoder-decoder maps source -> summary; a decoder fine-tuned on
-    ``source + "\\n" + target`` continues the prompt ``source + "\\n"``. The source is cut to
-    `max_source_length` tokens (default: what the model holds, less the new tokens for a decoder).
-    Result ``{"summary_text", "finish_reason"}``."""
+    ``source + separator + target`` continues the prompt ``source + separator``.
+
+    The source is cut to `max_source_length` tokens (default: what the model holds; for a decoder
+    less the new tokens and the separator); `max_new_tokens` is capped at what the model's positions
+    hold. Generation stops at the eos token the model was
+    fine-tuned with (the model's, else the tokenizer's). Spaces a WordPiece decoder puts between
+    CJK characters are dropped. Result ``{"summary_text", "finish_reason"}``.
+    """
 
     task = "summarization"
-    options = {"max_source_length": None}
+    options = {"max_source_length": None, "separator": "\n"}
     result_key = "summary_text"
 
     def preprocess(self, item: Any, opts: dict[str, Any]) -> list[Feature]:
-        text = as_text(item)
-        limit = min(opts["max_source_length"] or self.max_length, self.max_length)
+        return self.preprocess_batch([item], opts)[0]
+
+    def preprocess_batch(self, items: list[Any], opts: dict[str, Any]) -> list[list[Feature]]:
+        texts = []
+        for i, item in enumerate(items):
+            with input_errors(i, len(items)):
+                texts.append(as_text(item))
+        return [[Feature({"input_ids": ids})] for ids in self.prompts(texts, opts)]
+
+    def prompts(self, texts: list[str], opts: dict[str, Any]) -> list[list[int]]:
+        """Generation inputs: the sources (encoder-decoder) or ``source + separator`` (decoder)."""
+        limit = self.max_length
+        source = min(opts["max_source_length"] or limit, limit)
         if self.config.arch == "encoder-decoder":
-            return [Feature({"input_ids": self.tokenizer.encode(text, max_length=limit).ids})]
-        new_tokens = min(int(opts.get("max_new_tokens") or 64), limit - 1)
-        return [Feature({"input_ids": causal_lm_prompts(self.tokenizer, [text], max_length=limit,
-                                                        max_target_length=new_tokens)[0]})]
+            return [enc.ids for enc in self.tokenizer.encode_batch(texts, max_length=source)]
+        new_tokens = self.new_tokens(opts)
+        total = min(source + new_tokens, limit) if opts["max_source_length"] else limit
+        return causal_lm_prompts(self.tokenizer, texts, max_length=total, max_target_length=new_tokens,
+                                 separator=opts["separator"])
+
+    def new_tokens(self, opts: dict[str, Any]) -> int:
+        """max_new_tokens, at most what the model's positions hold beside a one-token start."""
+        from plmkit.infer.generation import GenerationConfig
+
+        return min(int(opts.get("max_new_tokens") or GenerationConfig.max_new_tokens), self.max_length - 1)
+
+    def forward(self, features: list[Feature], opts: dict[str, Any]) -> list[tuple[str, str]]:
+        opts = {**opts, "max_new_tokens": self.new_tokens(opts)}
+        if opts.get("stop_token_ids") is None:
+            eos = eos_id(self.tokenizer, self.config)
+            opts["stop_token_ids"] = [] if eos is None else [eos]
+        return super().forward(features, opts)
 
     def postprocess(self, item, features, outputs, opts) -> dict[str, Any]:
         text, reason = outputs[0]
-        return {self.result_key: text.strip(), "finish_reason": reason}
+        return {self.result_key: _CJK_GAP.sub("", text.strip()), "finish_reason": reason}
 
 
 class TranslationPipeline(SummarizationPipeline):
@@ -466,21 +557,23 @@ def pipeline(task: str, model, tokenizer=None, device: str | torch.device | None
              dtype: str | torch.dtype | None = None, **defaults: Any) -> Pipeline:
     """Build a pipeline for `task` (see the module docstring); "auto" picks it from the model.
 
-    `model` is a model directory or a fine-tuning run (its best/, else final/, model is used;
-    the tokenizer comes from the same folder unless `tokenizer` is given), or a loaded model
-    (then `tokenizer` is required: a Tokenizer or a tokenizer folder). "auto" follows the run's
-    recipe (summarization / translation) or else the model's head. `device` defaults to CUDA
-    when available for a folder, else the model's own device; `dtype` "bf16"/"fp16" runs under
-    autocast. `defaults` are task options (e.g. top_k=3).
+    `model` is a model directory or a training run (its best/, else final/, model is used; see
+    `plmkit.rundir.model_dir`; the tokenizer comes from the same folder unless `tokenizer` is
+    given), or a loaded model (then `tokenizer` is required: a Tokenizer or a tokenizer folder).
+    "auto" follows the run's recipe (finetune.json) or else the model's head. A fine-tuning run's
+    inference settings (max_length, doc_stride, num_beams, ...: what `plmkit eval` used) are the
+    defaults of its own task's pipeline. `device` defaults to CUDA when available for a folder,
+    else the model's own device; `dtype` "bf16"/"fp16" runs under autocast. `defaults` are task
+    options (e.g. top_k=3).
     """
     if task != "auto" and task not in PIPELINES:
         raise ValueError(f"unknown task {task!r}; choose from auto, {', '.join(PIPELINES)}")
-    recipe = None
+    recipe, recorded = None, {}
     if isinstance(model, (str, Path)):
         from plmkit.models import load
 
-        folder = model_directory(model)
-        model, recipe = load(folder), recipe_task(folder)
+        folder = model_dir(model)
+        model, recipe, recorded = load(folder).eval(), recipe_task(folder), pipeline_options(folder)
         tokenizer = folder if tokenizer is None else tokenizer
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -490,12 +583,17 @@ def pipeline(task: str, model, tokenizer=None, device: str | torch.device | None
         from plmkit.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(tokenizer)
-    cls = PIPELINES[task_for_model(model, recipe) if task == "auto" else task]
-    return cls(model, tokenizer, device=device, batch_size=batch_size, dtype=dtype, **defaults)
+    chosen = task_for_model(model, recipe) if task == "auto" else task
+    cls = PIPELINES[chosen]
+    if recipe is None or chosen != task_for_model(model, recipe):
+        recorded = {}  # the run's settings are for its own task
+    recorded = {k: v for k, v in recorded.items() if k in cls.options or cls.free_options}
+    return cls(model, tokenizer, device=device, batch_size=batch_size, dtype=dtype, **{**recorded, **defaults})
 
 
 __all__ = [
     "FillMaskPipeline", "FeatureExtractionPipeline", "PIPELINES", "Pipeline", "QuestionAnsweringPipeline",
     "SummarizationPipeline", "TextClassificationPipeline", "TextGenerationPipeline", "TokenClassificationPipeline",
     "TranslationPipeline", "group_entities", "label_names", "pipeline", "task_for_model", "word_predictions",
+    "word_tag_scores",
 ]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from plmkit.infer.batching import position_limit
 from plmkit.infer.quantize import compute_dtype
 from plmkit.models.layers import KVCache
 
@@ -53,7 +54,7 @@ class Stepper:
         cfg = self.config
         if cfg.position != "learned":
             return
-        limit = cfg.max_positions - cfg.position_offset
+        limit = position_limit(cfg)
         longest = max(len(p) for p in prompts)
         decoder_len = (1 if self.seq2seq else longest) + self.max_new_tokens
         if self.seq2seq and longest > limit:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,19 @@ from torch import Tensor, nn
 
 from plmkit.config import ModelConfig
 from plmkit.models.layers import init_weights, scaled_residual_init
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@contextmanager
+def eval_mode(module: M) -> Iterator[M]:
+    """The module in eval mode (no dropout) inside the block, its previous mode restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @dataclass

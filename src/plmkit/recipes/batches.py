@@ -1,43 +1,27 @@
-"""In-memory batch streams over task features, for fine-tuning and evaluation.
+"""The in-memory training stream over task features, for fine-tuning.
 
-`FeatureBatches` is the training stream that `plmkit.train.loop.train` reads: each epoch
-visits the features in a permutation drawn from ``(seed, epoch)``, optionally grouped into
-batches of similar length (less padding), and its ``state_dict()`` is just ``{epoch,
-position}`` (plus checks), so a resumed run sees exactly the batches that an uninterrupted
-run would have. `sorted_batches` walks features once, in length order, for evaluation.
+`FeatureBatches` is the stream that `plmkit.train.loop.train` reads: each epoch visits the
+features in a permutation drawn from ``(seed, epoch)``, optionally grouped into batches of
+similar length (less padding), and its ``state_dict()`` is just ``{epoch, position}`` (plus
+checks), so a resumed run sees exactly the batches that an uninterrupted run would have.
+(Evaluation walks features once, shortest first: `plmkit.infer.batching`.)
 
 A feature is a dict of model inputs (see `plmkit.data.tasks.collate`): ints or lists of ints.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from plmkit.data.tasks import collate
 
 Feature = Mapping[str, Any]
 Batch = dict[str, torch.Tensor]
 _ORDER_SALT = 0xF1E7
-
-
-def forward_keys(model: nn.Module) -> frozenset[str]:
-    """Names of the inputs `model.forward` takes, less those its config makes meaningless.
-
-    Token type ids are left out for models without a segment vocabulary (type_vocab_size
-    <= 1: GPT, seq2seq, RoBERTa), whose embeddings then use type 0 throughout.
-    """
-    params = inspect.signature(type(model).forward).parameters
-    keys = {name for name in params if name != "self"}
-    config = getattr(model, "config", None)
-    if config is not None and config.type_vocab_size <= 1:
-        keys.discard("token_type_ids")
-    return frozenset(keys)
 
 
 def _length(feature: Feature) -> int:
@@ -55,7 +39,7 @@ class FeatureBatches:
         shuffle: False visits features in their given order every epoch.
         bucket: 0 = plain shuffling; k > 0 = within each window of k global batches of the
             shuffled order, sort by length before cutting batches, then shuffle the batches.
-        keys: the feature keys to put in batches (None = all), e.g. `forward_keys(model)`.
+        keys: the feature keys to put in batches (None = all), e.g. `plmkit.infer.batching.input_names(model)`.
 
     One `iter()` yields the rest of the current epoch; the training loop calls `iter()`
     again for the next one. Under torchrun, `shard(rank, world_size)` makes each global batch
@@ -159,17 +143,3 @@ class FeatureBatches:
             raise ValueError(f"data stream state out of range: epoch {epoch}, position {position} "
                              f"({len(self)} batches per epoch)")
         self.epoch, self.position = epoch, position
-
-
-def sorted_batches(features: Sequence[Feature], batch_size: int, pad_id: int,
-                   keys: Sequence[str] | frozenset[str] | None = None) -> Iterator[tuple[list[int], Batch]]:
-    """Every feature once, in batches of similar length: yields (indices into features, batch)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(features)), key=lambda i: _length(features[i]))
-    wanted = None if keys is None else set(keys)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
-        rows = [features[i] if wanted is None else {k: v for k, v in features[i].items() if k in wanted}
-                for i in chunk]
-        yield chunk, collate(rows, pad_id)

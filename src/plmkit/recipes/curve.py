@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plmkit.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, preset_names
-from plmkit.models import read_config
+from plmkit.config import ConfigError, apply_overrides, from_dict, load_yaml
+from plmkit.files import atomic_write
 from plmkit.recipes.finetune import RECIPES, recipe
-from plmkit.recipes.tasks_base import write_json
+from plmkit.recipes.model_loading import source_config
+from plmkit.rundir import write_json
 
 log = logging.getLogger(__name__)
 SHAPE = ("arch", "hidden_size", "num_layers", "num_decoder_layers", "num_heads", "intermediate_size", "max_positions")
@@ -68,14 +69,7 @@ class CurveConfig:
 
 def shape_of(model: str) -> dict[str, Any]:
     """The shape fields of a checkpoint directory, preset or YAML file."""
-    if Path(model).is_dir():
-        config = read_config(model)[0]
-    else:
-        if not model.endswith((".yaml", ".yml")) and model not in preset_names():
-            raise FileNotFoundError(f"{model!r}: no such checkpoint directory, and not a preset "
-                                    f"({', '.join(preset_names())})")
-        data = load_yaml(model)
-        config = from_dict(ModelConfig, data.get("model", data), "model")
+    config = source_config(model)
     return {name: getattr(config, name) for name in SHAPE}
 
 
@@ -150,8 +144,7 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:

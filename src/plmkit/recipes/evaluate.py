@@ -1,9 +1,11 @@
 """`plmkit eval RUN_DIR --data FILE`: score a fine-tuned model on a labelled file.
 
 The task and its data settings (columns, max_length, language, ...) come from the run's
-finetune.json; the model is RUN_DIR/best if present, else RUN_DIR/final, else RUN_DIR itself
-(any checkpoint directory with a task head: the task is then inferred from the head, or
-given with --task). ``--set key=value`` changes a setting (e.g. a column name) for this file.
+finetune.json; the model is the one `plmkit.rundir.model_dir` picks (RUN_DIR/best, else
+RUN_DIR/final, else RUN_DIR itself: any checkpoint directory with a task head, whose task is
+then inferred from the head, or given with --task). ``--set key=value`` changes a setting (e.g.
+a column name) for this file. Predictions come from the task's pipeline with the run's
+settings: the same as `plmkit.pipeline` on the run gives.
 """
 
 from __future__ import annotations
@@ -18,44 +20,33 @@ import torch
 
 from plmkit.config import apply_overrides
 from plmkit.data.tokenizer import Tokenizer
+from plmkit.heads import default_recipe
 from plmkit.models import PretrainedModel, load
 from plmkit.outputs import check_output_file
 from plmkit.recipes.finetune import RECIPES, recipe
-from plmkit.recipes.tasks_base import (
-    BEST_DIR, EvalReport, FinetuneConfig, Recipe, parse_config, read_recipe, write_report,
-)
-
-
-def model_dir_of(run_dir: str | Path) -> Path:
-    """RUN_DIR/best, else RUN_DIR/final, else RUN_DIR (a model directory itself)."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"no such run or model directory: {run}")
-    for candidate in (run / BEST_DIR, run / "final", run):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"{run}: no model found (expected best/, final/ or config.json)")
+from plmkit.recipes.tasks_base import EvalReport, FinetuneConfig, Recipe, parse_config
+from plmkit.rundir import model_dir, read_recipe, write_report
 
 
 def task_of(model: PretrainedModel, record: dict[str, Any] | None, task: str | None) -> Recipe:
     """The recipe named by `task`, else by the run's finetune.json, else by the model's head."""
     if task is not None:
         return recipe(task)
-    if record is not None:
+    if record is not None and isinstance(record.get("task"), str):
         return recipe(record["task"])
-    for candidate in RECIPES.values():
-        if model.task in candidate.heads:
-            return candidate
-    raise ValueError(f"cannot tell the task of a model with a {model.task} head; pass --task "
-                     f"({', '.join(RECIPES)})")
+    name = default_recipe(model.task)
+    if name is None:
+        raise ValueError(f"cannot tell the task of a model with a {model.task} head; pass --task "
+                         f"({', '.join(RECIPES)})")
+    return recipe(name)
 
 
 def load_run(run_dir: str | Path, *, task: str | None = None, overrides: Sequence[str] = (),
              device: str | None = None) -> tuple[Recipe, FinetuneConfig, PretrainedModel, Tokenizer]:
     """(recipe, config, model, tokenizer) of a run or model directory, the model on `device`
     (default: cuda when available)."""
-    folder = model_dir_of(run_dir)
-    record = read_recipe(folder, required=False)
+    folder = model_dir(run_dir)
+    record = read_recipe(folder)
     model = load(folder)
     chosen = task_of(model, record, task)
     data = dict(record["config"]) if record and record.get("task") == chosen.name else {}
@@ -94,6 +85,6 @@ def cli_run(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run_dir, args.data, task=args.task, overrides=args.overrides, device=args.device)
     if args.out:
         out = Path(args.out)
-        write_report(report, out.parent, out.stem)
+        write_report(out.parent, out.stem, report.metrics, report.details, report.label_names)
     print(json.dumps(report.metrics, indent=2))
     return 0

@@ -11,9 +11,9 @@
 Each task's dataclass (`ClassificationConfig`, `NERConfig`, `QAConfig`, `Seq2SeqConfig`,
 `LMConfig`) is its config schema: the same fields come from Python keywords, a YAML file
 (``--config``) or ``--set key=value`` (``--set train.lr=3.0e-5``); an unknown key is an error
-listing the valid ones. A run directory holds metrics.jsonl (train loss and dev metrics),
-best/ (the best dev checkpoint), final/, dev_eval.json and finetune.json, which
-`plmkit eval` and `plmkit predict` read back.
+listing the valid ones. A run directory (its layout: `plmkit.rundir`) holds metrics.jsonl
+(train loss and dev metrics), best/ (the best dev checkpoint), final/, dev_eval.json and
+finetune.json, which `plmkit eval`, `plmkit predict` and `plmkit.pipeline` read back.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import logging
 from typing import Any
 
 from plmkit.config import apply_overrides, load_yaml
-from plmkit.recipes.tasks_base import FinetuneConfig, FinetuneResult, Recipe
+from plmkit.recipes.finetune_run import FinetuneResult
+from plmkit.recipes.tasks_base import FinetuneConfig, Recipe
 from plmkit.recipes.tasks_classification import RECIPE as CLASSIFICATION, ClassificationConfig, finetune_classification
 from plmkit.recipes.tasks_lm import RECIPE as LM, LMConfig, finetune_lm
 from plmkit.recipes.tasks_ner import RECIPE as NER, NERConfig, finetune_ner

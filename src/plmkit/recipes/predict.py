@@ -13,7 +13,8 @@ lm              where, tokens, loss, perplexity     (one row per document)
 =============== ==========================================================
 
 In CSV/TSV output, list values are written as JSON. QA input is SQuAD-format JSON whose
-questions each have an "answers" list (empty when unknown).
+questions each have an "answers" list (empty when unknown). Predictions come from the task's
+pipeline with the run's settings, as `plmkit.pipeline` on the run gives them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 from plmkit.outputs import check_output_file
 from plmkit.recipes.evaluate import load_run
 from plmkit.recipes.finetune import RECIPES
-from plmkit.recipes.tasks_base import EvalReport, write_rows
+from plmkit.recipes.tasks_base import EvalReport
+from plmkit.rundir import write_rows
 
 
 def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, *, task: str | None = None,

@@ -15,14 +15,16 @@ from typing import Any, Literal
 
 from plmkit.config import ConfigError
 from plmkit.data.tasks import (
-    DataFormatError, LabelMap, TextExample, class_weights, encode_classification, read_classification,
+    LabelMap, MissingColumnError, TextExample, class_weights, encode_classification, read_classification,
 )
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import classification_report, confusion_matrix
+from plmkit.infer.batching import label_names, position_limit
+from plmkit.metrics import classification_report, confusion_matrix
 from plmkit.models import PretrainedModel, read_config
+from plmkit.recipes.finetune_run import FinetuneResult, run_finetune
+from plmkit.recipes.model_loading import load_model, load_tokenizer
 from plmkit.recipes.tasks_base import (
-    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,
-    position_limit, run_batches, run_finetune, subsample,
+    EvalReport, FinetuneConfig, Recipe, parse_config, predict, subsample, task_pipeline,
 )
 
 HEAD = "sequence-classification"
@@ -47,6 +49,9 @@ class ClassificationConfig(FinetuneConfig):
     """Names for the columns of a CSV/TSV file without a header."""
     labels: list[str] | None = None
     """Label names in class-id order; None = the sorted labels of the training data."""
+    new_dev_labels: Literal["error", "add"] = "error"
+    """A dev label no training example has: "error" (names it and its file:line) or "add" (a class
+    of its own, which the model never sees in training)."""
     max_length: int = 128
     """Tokens per example, special tokens included (longest text cut first for pairs)."""
     class_weights: bool = False
@@ -65,7 +70,7 @@ def read_examples(cfg: ClassificationConfig, path: str | Path, labeled: bool = T
                                    header=cfg.header, column_names=cfg.column_names)
     try:
         examples = read_classification(path, label_column=cfg.label_column, **options)
-    except DataFormatError:
+    except MissingColumnError:
         if labeled:
             raise
         examples = read_classification(path, label_column=None, **options)
@@ -74,12 +79,11 @@ def read_examples(cfg: ClassificationConfig, path: str | Path, labeled: bool = T
     return examples
 
 
-def label_map_for(cfg: ClassificationConfig, examples: list[TextExample]) -> LabelMap:
-    """cfg.labels, else the sorted labels of `examples` (training + dev); a checkpoint that
-    already classifies the same label set keeps its class ids."""
-    labels = LabelMap(tuple(cfg.labels)) if cfg.labels else LabelMap.from_labels(e.label for e in examples)
-    for example in examples:
-        labels.encode(example.label, example.where)
+def label_map_for(cfg: ClassificationConfig, train: list[TextExample], dev: list[TextExample]) -> LabelMap:
+    """cfg.labels, else the sorted training labels (a dev label they lack: see cfg.new_dev_labels);
+    a checkpoint that already classifies the same label set keeps its class ids."""
+    labels = LabelMap.for_training(((e.label, e.where) for e in train), ((e.label, e.where) for e in dev),
+                                   labels=cfg.labels, new_dev_labels=cfg.new_dev_labels)
     if Path(cfg.model).is_dir() and not cfg.from_scratch:
         saved, task = read_config(cfg.model)
         if task == HEAD and saved.id2label and set(saved.id2label.values()) == set(labels.id2label):
@@ -87,20 +91,25 @@ def label_map_for(cfg: ClassificationConfig, examples: list[TextExample]) -> Lab
     return labels
 
 
+def pipeline_options(cfg: ClassificationConfig) -> dict[str, Any]:
+    """The text-classification pipeline's options for this config."""
+    return {"max_length": cfg.max_length}
+
+
 def evaluate_classification(model: PretrainedModel, tokenizer: Tokenizer, cfg: ClassificationConfig,
                             examples: list[TextExample]) -> EvalReport:
-    """Predicted label and probability per example; accuracy, macro P/R/F1, per-class scores and
-    the confusion matrix when every example has a label."""
-    names = label_names(model)
-    features = encode_classification(examples, tokenizer, None, max_length=min(cfg.max_length, position_limit(model)))
-    probs = run_batches(model, features, cfg.eval_batch_size, pad_id_of(tokenizer, model),
-                        lambda out, batch: list(out.logits.float().softmax(dim=-1).cpu().numpy()))
-    predicted = [int(p.argmax()) for p in probs]
-    rows = [{"text": e.text, **({"pair": e.pair} if e.pair is not None else {}), "label": names[k],
-             "score": float(p[k])} for e, k, p in zip(examples, predicted, probs)]
+    """Predicted label and probability per example (the text-classification pipeline); accuracy,
+    macro P/R/F1, per-class scores and the confusion matrix when every example has a label."""
+    names = label_names(model.config)
+    pipe = task_pipeline("classification", model, tokenizer, cfg, pipeline_options(cfg))
+    results = predict(pipe, [e.text if e.pair is None else (e.text, e.pair) for e in examples],
+                      [e.where for e in examples])
+    rows = [{"text": e.text, **({"pair": e.pair} if e.pair is not None else {}), "label": r["label"],
+             "score": r["score"]} for e, r in zip(examples, results)]
     if not all(e.label for e in examples):
         return EvalReport({}, rows, label_names=names)
     label_map = LabelMap(tuple(names))
+    predicted = [names.index(r["label"]) for r in results]
     gold = [label_map.encode(e.label, e.where) for e in examples]
     for row, g in zip(rows, gold):
         row["reference"] = names[g]
@@ -109,12 +118,6 @@ def evaluate_classification(model: PretrainedModel, tokenizer: Tokenizer, cfg: C
     details = {"per_class": report["per_class"], "labels": names,
                "confusion_matrix": confusion_matrix(predicted, gold, len(names)).tolist()}
     return EvalReport(metrics, rows, details, names)
-
-
-def label_names(model: PretrainedModel) -> list[str]:
-    """Class names of a classification model (from config.id2label)."""
-    id2label = model.config.id2label or {}
-    return [id2label.get(i, f"LABEL_{i}") for i in range(model.config.num_labels)]
 
 
 def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = None, **fields: Any) -> FinetuneResult:
@@ -128,20 +131,21 @@ def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = 
     every_example = subsample(read_examples(cfg, cfg.train_file), cfg.max_train_examples)
     train_examples = subsample(every_example, None, cfg.train_fraction, cfg.train.seed)
     dev = subsample(read_examples(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
-    labels = label_map_for(cfg, train_examples + dev)
+    labels = label_map_for(cfg, every_example, dev)
     texts = (e.text if e.pair is None else f"{e.text}\n{e.pair}" for e in every_example)
     model = load_model(cfg, HEAD, tokenizer, texts, id2label=dict(enumerate(labels.id2label)),
                        problem_type="single_label")
     features = encode_classification(train_examples, tokenizer, labels,
-                                     max_length=min(cfg.max_length, position_limit(model)))
+                                     max_length=min(cfg.max_length, position_limit(model.config)))
     if cfg.class_weights:
         model.class_weights = class_weights([f["labels"] for f in features], len(labels))
 
     def evaluator(m: PretrainedModel) -> EvalReport:
         return evaluate_classification(m, tokenizer, cfg, dev)
 
-    return run_finetune("classification", cfg, model, tokenizer, features, evaluator if dev else None, METRICS)
+    return run_finetune("classification", cfg, model, tokenizer, features, evaluator if dev else None, METRICS,
+                        pipeline_options(cfg))
 
 
 RECIPE = Recipe("classification", ClassificationConfig, finetune_classification, read_examples,
-                evaluate_classification, (HEAD,))
+                evaluate_classification, pipeline_options)

@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from plmkit.config import ConfigError
 from plmkit.data.io import Corpus
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import perplexity
+from plmkit.infer.batching import eos_id, pad_id, position_limit, run_batches
+from plmkit.metrics import perplexity
 from plmkit.models import PretrainedModel
-from plmkit.recipes.tasks_base import (
-    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,
-    position_limit, run_batches, run_finetune, special_ids, subsample, write_json,
-)
+from plmkit.recipes.finetune_run import FinetuneResult, run_finetune
+from plmkit.recipes.model_loading import load_model, load_tokenizer
+from plmkit.recipes.tasks_base import EvalReport, FinetuneConfig, Recipe, parse_config, subsample
+from plmkit.rundir import write_json
 
 HEAD = "causal-lm"
 METRICS = ("perplexity", "loss")
@@ -47,23 +48,24 @@ class LMConfig(FinetuneConfig):
 
 
 @dataclass(frozen=True)
-class Document:
-    """One document of a corpus."""
+class LMText:
+    """One document of a corpus as one text (its sentences joined by newlines)."""
 
     text: str
     where: str
+    """The corpus and the document's index in it (``PATH#3``)."""
 
 
-def read_documents(cfg: LMConfig, path: str | Path, labeled: bool = True) -> list[Document]:
-    """The documents of a text corpus (a file, folder or glob)."""
+def read_texts(cfg: LMConfig, path: str | Path, labeled: bool = True) -> list[LMText]:
+    """The documents of a text corpus (a file, folder or glob), each as one text."""
     corpus = Corpus(path, field=cfg.text_field)
-    return [Document("\n".join(doc), f"{path}#{i}") for i, doc in enumerate(corpus)]
+    return [LMText("\n".join(doc), f"{path}#{i}") for i, doc in enumerate(corpus)]
 
 
-def document_ids(documents: list[Document], tokenizer: Tokenizer, eos_id: int | None) -> list[list[int]]:
-    """Each document's tokens (no special tokens), followed by EOS."""
-    encodings = tokenizer.encode_batch([d.text for d in documents], add_special_tokens=False, truncation=False)
-    return [enc.ids + ([eos_id] if eos_id is not None else []) for enc in encodings]
+def text_ids(texts: list[LMText], tokenizer: Tokenizer, eos: int | None) -> list[list[int]]:
+    """Each text's tokens (no special tokens), followed by EOS."""
+    encodings = tokenizer.encode_batch([d.text for d in texts], add_special_tokens=False, truncation=False)
+    return [enc.ids + ([eos] if eos is not None else []) for enc in encodings]
 
 
 def token_blocks(ids: list[int], block_size: int) -> list[dict[str, Any]]:
@@ -72,16 +74,17 @@ def token_blocks(ids: list[int], block_size: int) -> list[dict[str, Any]]:
     return [{"input_ids": b, "attention_mask": [1] * len(b), "labels": b} for b in blocks if len(b) > 1]
 
 
-def evaluate_lm(model: PretrainedModel, tokenizer: Tokenizer, cfg: LMConfig, documents: list[Document]) -> EvalReport:
-    """Loss and perplexity over all documents (each cut into its own blocks); one row per
-    document with its number of predicted tokens, loss and perplexity."""
-    block = min(cfg.block_size, position_limit(model))
+def evaluate_lm(model: PretrainedModel, tokenizer: Tokenizer, cfg: LMConfig, documents: list[LMText]) -> EvalReport:
+    """Loss and perplexity over all documents (each cut into its own blocks, scored in the shared
+    length-sorted batches of `plmkit.infer.batching`); one row per document with its number of
+    predicted tokens, loss and perplexity."""
+    block = min(cfg.block_size, position_limit(model.config))
     owners, features = [], []
-    for i, ids in enumerate(document_ids(documents, tokenizer, _eos(model, tokenizer))):
+    for i, ids in enumerate(text_ids(documents, tokenizer, eos_id(tokenizer, model.config))):
         blocks = token_blocks(ids, block)
         owners += [i] * len(blocks)
         features += blocks
-    sums = run_batches(model, features, cfg.eval_batch_size, pad_id_of(tokenizer, model), _row_loss_sums)
+    sums = run_batches(model, features, cfg.eval_batch_size, pad_id(tokenizer, model.config), _row_loss_sums)
     totals = [[0.0, 0] for _ in documents]
     for owner, (loss_sum, count) in zip(owners, sums):
         totals[owner][0] += loss_sum
@@ -101,11 +104,6 @@ def _row_loss_sums(out: Any, batch: dict[str, torch.Tensor]) -> list[tuple[float
     return list(zip(losses.sum(dim=1).tolist(), counts.tolist()))
 
 
-def _eos(model: PretrainedModel, tokenizer: Tokenizer) -> int | None:
-    eos = model.config.eos_token_id
-    return eos if eos is not None else special_ids(tokenizer)["eos_token_id"]
-
-
 def finetune_lm(cfg: LMConfig | dict[str, Any] | None = None, **fields: Any) -> FinetuneResult:
     """Continue training a decoder on text; fields as in `LMConfig`. The result's ``extra``
     holds the dev perplexity before and after (also in out/perplexity.json).
@@ -117,22 +115,28 @@ def finetune_lm(cfg: LMConfig | dict[str, Any] | None = None, **fields: Any) -> 
     model = load_model(cfg, HEAD, tokenizer)
     if model.config.arch != "decoder":
         raise ValueError(f"--model {cfg.model} is an {model.config.arch}; lm fine-tuning needs a decoder (GPT)")
-    block = min(cfg.block_size, position_limit(model))
-    documents = subsample(read_documents(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
+    block = min(cfg.block_size, position_limit(model.config))
+    documents = subsample(read_texts(cfg, cfg.train_file), cfg.max_train_examples, cfg.train_fraction,
                           cfg.train.seed)
-    features = token_blocks([t for ids in document_ids(documents, tokenizer, _eos(model, tokenizer)) for t in ids],
-                            block)
-    dev = subsample(read_documents(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
+    features = token_blocks([t for ids in text_ids(documents, tokenizer, eos_id(tokenizer, model.config))
+                             for t in ids], block)
+    dev = subsample(read_texts(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
 
     def evaluator(m: PretrainedModel) -> EvalReport:
         return evaluate_lm(m, tokenizer, cfg, dev)
 
     before = evaluator(model).metrics if dev else {}
-    result = run_finetune("lm", cfg, model, tokenizer, features, evaluator if dev else None, METRICS)
+    result = run_finetune("lm", cfg, model, tokenizer, features, evaluator if dev else None, METRICS,
+                          pipeline_options(cfg))
     if dev:
         result.extra = {"before": before, "after": result.dev_metrics}
         write_json(Path(cfg.out) / "perplexity.json", result.extra)
     return result
 
 
-RECIPE = Recipe("lm", LMConfig, finetune_lm, read_documents, evaluate_lm, (HEAD,))
+def pipeline_options(cfg: LMConfig) -> dict[str, Any]:
+    """The text-generation pipeline takes no settings from an LM run."""
+    return {}
+
+
+RECIPE = Recipe("lm", LMConfig, finetune_lm, read_texts, evaluate_lm, pipeline_options)

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from plmkit.config import ConfigError
-from plmkit.data.tasks import (
-    DataFormatError, LabelMap, TaggedSentence, encode_ner, read_conll, to_bio, to_bioes, word_tags,
-)
-from plmkit.data.tasks.records import text_lines
+from plmkit.data.io import text_lines
+from plmkit.data.tasks import LabelMap, MissingColumnError, TaggedSentence, encode_ner, read_conll, to_bio, to_bioes
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import entity_scores
+from plmkit.infer.batching import position_limit
+from plmkit.metrics import entity_scores
 from plmkit.models import PretrainedModel, read_config
+from plmkit.recipes.finetune_run import FinetuneResult, run_finetune
+from plmkit.recipes.model_loading import load_model, load_tokenizer
 from plmkit.recipes.tasks_base import (
-    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,
-    position_limit, run_batches, run_finetune, subsample,
+    EvalReport, FinetuneConfig, Recipe, parse_config, predict, subsample, task_pipeline,
 )
 
 HEAD = "token-classification"
@@ -36,6 +36,9 @@ class NERConfig(FinetuneConfig):
     """Tagging scheme the model predicts; file tags are converted to it."""
     labels: list[str] | None = None
     """Tag names in class-id order; None = the sorted tags of the training data."""
+    new_dev_labels: Literal["error", "add"] = "error"
+    """A dev tag no training sentence has: "error" (names it and its file:line) or "add" (a class
+    of its own, which the model never sees in training)."""
     max_length: int = 128
     """Word pieces per sentence, special tokens included (words cut off are tagged O)."""
     label_all_subtokens: bool = False
@@ -54,7 +57,7 @@ def read_sentences(cfg: NERConfig, path: str | Path, labeled: bool = True) -> li
     words alone (one per line, no tag column) is read too; its tags are empty."""
     try:
         sentences = read_conll(path, scheme=cfg.scheme)
-    except DataFormatError:
+    except MissingColumnError:  # a line without a tag column
         if labeled:
             raise
         sentences = read_words(path)
@@ -80,13 +83,12 @@ def read_words(path: str | Path) -> list[TaggedSentence]:
     return sentences
 
 
-def tag_map_for(cfg: NERConfig, sentences: list[TaggedSentence]) -> LabelMap:
-    """cfg.labels, else the sorted tags of `sentences` (training + dev); a checkpoint that already tags the same set
-    keeps its ids."""
-    tags = LabelMap(tuple(cfg.labels)) if cfg.labels else LabelMap.from_labels(t for s in sentences for t in s.tags)
-    for sentence in sentences:
-        for tag in sentence.tags:
-            tags.encode(tag, sentence.where)
+def tag_map_for(cfg: NERConfig, train: list[TaggedSentence], dev: list[TaggedSentence]) -> LabelMap:
+    """cfg.labels, else the sorted tags of the training sentences (a dev tag they lack: see
+    cfg.new_dev_labels); a checkpoint that already tags the same set keeps its ids."""
+    tags = LabelMap.for_training(((t, s.where) for s in train for t in s.tags),
+                                 ((t, s.where) for s in dev for t in s.tags),
+                                 labels=cfg.labels, new_dev_labels=cfg.new_dev_labels)
     if Path(cfg.model).is_dir() and not cfg.from_scratch:
         saved, task = read_config(cfg.model)
         if task == HEAD and saved.id2label and set(saved.id2label.values()) == set(tags.id2label):
@@ -94,15 +96,18 @@ def tag_map_for(cfg: NERConfig, sentences: list[TaggedSentence]) -> LabelMap:
     return tags
 
 
+def pipeline_options(cfg: NERConfig) -> dict[str, Any]:
+    """The token-classification pipeline's options for this config."""
+    return {"max_length": cfg.max_length}
+
+
 def evaluate_ner(model: PretrainedModel, tokenizer: Tokenizer, cfg: NERConfig,
                  sentences: list[TaggedSentence]) -> EvalReport:
-    """One predicted tag per word; seqeval entity scores when the sentences have tags."""
-    tags = LabelMap.from_config(model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)})
-    features = encode_ner(sentences, tokenizer, None, max_length=min(cfg.max_length, position_limit(model)))
-    token_predictions = run_batches(model, [f.inputs for f in features], cfg.eval_batch_size,
-                                    pad_id_of(tokenizer, model),
-                                    lambda out, batch: list(out.logits.argmax(dim=-1).cpu().numpy()))
-    predicted = [word_tags(p, f.word_ids, tags, f.num_words) for p, f in zip(token_predictions, features)]
+    """One predicted tag per word (the token-classification pipeline on the given words);
+    seqeval entity scores when the sentences have tags."""
+    pipe = task_pipeline("ner", model, tokenizer, cfg, pipeline_options(cfg))
+    results = predict(pipe, [{"words": list(s.words)} for s in sentences], [s.where for s in sentences])
+    predicted = [r["tags"] for r in results]
     rows: list[dict[str, Any]] = [{"words": list(s.words), "tags": p} for s, p in zip(sentences, predicted)]
     if not all(s.tags for s in sentences):
         return EvalReport({}, rows)
@@ -127,18 +132,19 @@ def finetune_ner(cfg: NERConfig | dict[str, Any] | None = None, **fields: Any) -
     every_sentence = subsample(read_sentences(cfg, cfg.train_file), cfg.max_train_examples)
     train_sentences = subsample(every_sentence, None, cfg.train_fraction, cfg.train.seed)
     dev = subsample(read_sentences(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
-    tags = tag_map_for(cfg, train_sentences + dev)
+    tags = tag_map_for(cfg, every_sentence, dev)
     texts = (" ".join(s.words) for s in every_sentence)
     model = load_model(cfg, HEAD, tokenizer, texts, id2label=dict(enumerate(tags.id2label)),
                        problem_type="single_label")
-    features = encode_ner(train_sentences, tokenizer, tags, max_length=min(cfg.max_length, position_limit(model)),
+    limit = min(cfg.max_length, position_limit(model.config))
+    features = encode_ner(train_sentences, tokenizer, tags, max_length=limit,
                           label_all_subtokens=cfg.label_all_subtokens)
 
     def evaluator(m: PretrainedModel) -> EvalReport:
         return evaluate_ner(m, tokenizer, cfg, dev)
 
     return run_finetune("ner", cfg, model, tokenizer, [f.inputs for f in features], evaluator if dev else None,
-                        METRICS)
+                        METRICS, pipeline_options(cfg))
 
 
-RECIPE = Recipe("ner", NERConfig, finetune_ner, read_sentences, evaluate_ner, (HEAD,))
+RECIPE = Recipe("ner", NERConfig, finetune_ner, read_sentences, evaluate_ner, pipeline_options)

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from plmkit.config import ConfigError
-from plmkit.data.tasks import QAExample, encode_qa, postprocess_qa, read_squad
+from plmkit.data.tasks import QAExample, encode_qa, read_squad
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import squad_scores
+from plmkit.errors import DataError
+from plmkit.infer.batching import position_limit
+from plmkit.metrics import squad_scores
 from plmkit.models import PretrainedModel
+from plmkit.recipes.finetune_run import FinetuneResult, run_finetune
+from plmkit.recipes.model_loading import load_model, load_tokenizer
 from plmkit.recipes.tasks_base import (
-    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, pad_id_of, parse_config,
-    position_limit, run_batches, run_finetune, subsample,
+    EvalReport, FinetuneConfig, Recipe, parse_config, predict, subsample, task_pipeline,
 )
 
 HEAD = "question-answering"
@@ -45,7 +48,8 @@ class QAConfig(FinetuneConfig):
     max_answer_length: int = 30
     """Longest answer, in tokens."""
     null_threshold: float | None = None
-    """SQuAD v2: answer "" when the no-answer score beats the best span by more than this."""
+    """SQuAD v2: answer "" when the no-answer log-probability (start and end at [CLS]) beats the
+    best span's by more than this."""
     member: str | None = None
     """The JSON file inside a .zip holding several."""
 
@@ -63,22 +67,24 @@ def read_questions(cfg: QAConfig, path: str | Path, labeled: bool = True) -> lis
     if labeled:
         for example in examples:
             if not example.answers and not example.is_impossible:
-                raise ValueError(f"{path}: question {example.id} has no answers and is not marked is_impossible")
+                raise DataError(path, None, f"question {example.id} has no answers and is not marked "
+                                            "is_impossible")
     return examples
 
 
+def pipeline_options(cfg: QAConfig) -> dict[str, Any]:
+    """The question-answering pipeline's options for this config."""
+    return {"max_length": cfg.max_length, "doc_stride": cfg.doc_stride, "max_question_length": cfg.max_query_length,
+            "max_answer_length": cfg.max_answer_length, "n_best": cfg.n_best, "null_threshold": cfg.null_threshold}
+
+
 def evaluate_qa(model: PretrainedModel, tokenizer: Tokenizer, cfg: QAConfig, examples: list[QAExample]) -> EvalReport:
-    """Best answer per question; EM/F1 when the questions have reference answers."""
-    features = encode_qa(examples, tokenizer, max_length=min(cfg.max_length, position_limit(model)),
-                         stride=cfg.doc_stride, max_query_length=cfg.max_query_length, with_labels=False)
-
-    def per_batch(out: Any, batch: Any) -> list[tuple[Any, Any]]:
-        return list(zip(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()))
-
-    logits = run_batches(model, [f.inputs for f in features], cfg.eval_batch_size, pad_id_of(tokenizer, model),
-                         per_batch)
-    answers = postprocess_qa(examples, features, [s for s, _ in logits], [e for _, e in logits], n_best=cfg.n_best,
-                             max_answer_length=cfg.max_answer_length, null_threshold=cfg.null_threshold)
+    """Best answer per question (the question-answering pipeline); EM/F1 when the questions have
+    reference answers."""
+    pipe = task_pipeline("qa", model, tokenizer, cfg, pipeline_options(cfg))
+    results = predict(pipe, [{"question": e.question, "context": e.context} for e in examples],
+                      [f"question {e.id}" for e in examples])
+    answers = {e.id: r["answer"] for e, r in zip(examples, results)}
     rows: list[dict[str, Any]] = [{"id": e.id, "question": e.question, "answer": answers[e.id]} for e in examples]
     if not any(e.answers or e.is_impossible for e in examples):
         return EvalReport({}, rows)
@@ -100,7 +106,7 @@ def finetune_qa(cfg: QAConfig | dict[str, Any] | None = None, **fields: Any) -> 
     questions = subsample(every_question, None, cfg.train_fraction, cfg.train.seed)
     texts = [*dict.fromkeys(q.context for q in every_question), *(q.question for q in every_question)]
     model = load_model(cfg, HEAD, tokenizer, texts)
-    features = encode_qa(questions, tokenizer, max_length=min(cfg.max_length, position_limit(model)),
+    features = encode_qa(questions, tokenizer, max_length=min(cfg.max_length, position_limit(model.config)),
                          stride=cfg.doc_stride, max_query_length=cfg.max_query_length, with_labels=True)
     dev = subsample(read_questions(cfg, cfg.dev_file), cfg.max_dev_examples) if cfg.dev_file else []
 
@@ -108,7 +114,7 @@ def finetune_qa(cfg: QAConfig | dict[str, Any] | None = None, **fields: Any) -> 
         return evaluate_qa(m, tokenizer, cfg, dev)
 
     return run_finetune("qa", cfg, model, tokenizer, [f.inputs for f in features], evaluator if dev else None,
-                        METRICS)
+                        METRICS, pipeline_options(cfg))
 
 
-RECIPE = Recipe("qa", QAConfig, finetune_qa, read_questions, evaluate_qa, (HEAD,))
+RECIPE = Recipe("qa", QAConfig, finetune_qa, read_questions, evaluate_qa, pipeline_options)

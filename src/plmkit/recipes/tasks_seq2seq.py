@@ -18,31 +18,30 @@ the teacher-forced loss.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from plmkit.config import ConfigError, ModelConfig, from_dict, load_yaml
+from plmkit.config import ConfigError, ModelConfig, from_dict
+from plmkit.data.io import detect_format, read_table, text_lines
 from plmkit.data.tasks import (
-    DataFormatError, Seq2SeqExample, causal_lm_prompts, encode_causal_lm, encode_seq2seq, read_parallel,
-    read_seq2seq_jsonl, read_seq2seq_table,
+    MissingColumnError, Seq2SeqExample, encode_causal_lm, encode_seq2seq, read_parallel, read_seq2seq_jsonl,
+    read_seq2seq_table,
 )
-from plmkit.data.tasks.records import detect_format, read_table, text_lines
 from plmkit.data.tokenizer import Tokenizer
-from plmkit.evaluate import bleu, chrf, rouge
-from plmkit.infer.generation import generate
+from plmkit.infer.batching import eos_id, mean_loss, pad_id, position_limit, special_ids
+from plmkit.metrics import bleu, chrf, rouge
 from plmkit.models import PretrainedModel, Seq2SeqLM, build_model, load, read_config
+from plmkit.recipes.finetune_run import FinetuneResult, run_finetune
+from plmkit.recipes.model_loading import load_model, load_tokenizer, source_config
 from plmkit.recipes.tasks_base import (
-    EvalReport, FinetuneConfig, FinetuneResult, Recipe, load_model, load_tokenizer, mean_loss, pad_id_of,
-    parse_config, position_limit, run_finetune, special_ids, subsample,
+    EvalReport, FinetuneConfig, Recipe, parse_config, predict, subsample, task_pipeline,
 )
 
 SUMMARIZATION_METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "chrf", "loss")
 TRANSLATION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "loss")
-_CJK_GAP = re.compile(r"(?<=[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]) +(?=[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef])")
 
 
 @dataclass
@@ -109,7 +108,7 @@ def read_pairs(cfg: Seq2SeqConfig, path: str | Path, labeled: bool = True) -> li
     else:
         try:
             examples = _read_table_pairs(cfg, path)
-        except DataFormatError:
+        except MissingColumnError:
             if labeled:
                 raise
             examples = _sources(cfg, path)
@@ -129,7 +128,7 @@ def _language_file(path: str | Path, lang: str, required: bool = True) -> Path |
 
 def _read_table_pairs(cfg: Seq2SeqConfig, path: str | Path) -> list[Seq2SeqExample]:
     fmt = cfg.format or detect_format(path)
-    if fmt == "jsonl":
+    if fmt in ("jsonl", "json"):
         if not isinstance(cfg.source_column, str):
             raise ConfigError("source_column must be a JSON key (a string) for JSON Lines")
         targets = cfg.target_column if isinstance(cfg.target_column, list) else str(cfg.target_column)
@@ -142,7 +141,7 @@ def _read_table_pairs(cfg: Seq2SeqConfig, path: str | Path) -> list[Seq2SeqExamp
 def _sources(cfg: Seq2SeqConfig, path: str | Path) -> list[Seq2SeqExample]:
     """Sources without references (prediction input)."""
     if cfg.source_lang is not None:
-        rows: Any = ((n, [line.rstrip("\r\n")]) for n, line in text_lines(path))
+        rows: Any = ((n, [line]) for n, line in text_lines(path))
     else:
         rows = read_table(path, [cfg.source_column], fmt=cfg.format, header=cfg.header)
     out = []
@@ -155,16 +154,9 @@ def _sources(cfg: Seq2SeqConfig, path: str | Path) -> list[Seq2SeqExample]:
 # --------------------------------------------------------------------------- model
 
 
-def _arch_of(cfg: Seq2SeqConfig) -> str:
-    if Path(cfg.model).is_dir():
-        return read_config(cfg.model)[0].arch
-    data = load_yaml(cfg.model)
-    return from_dict(ModelConfig, data.get("model", data), "model").arch
-
-
 def load_seq2seq_model(cfg: Seq2SeqConfig, tokenizer: Tokenizer) -> PretrainedModel:
     """An encoder-decoder (from a preset, a seq2seq checkpoint or a warm-started encoder) or a decoder."""
-    arch = _arch_of(cfg)
+    arch = source_config(cfg.model).arch
     if arch == "decoder":
         return load_model(cfg, "causal-lm", tokenizer)
     if arch == "encoder-decoder":
@@ -183,14 +175,9 @@ def load_seq2seq_model(cfg: Seq2SeqConfig, tokenizer: Tokenizer) -> PretrainedMo
     return Seq2SeqLM.from_encoder(encoder, from_dict(ModelConfig, fields, "model"))
 
 
-def _eos(model: PretrainedModel, tokenizer: Tokenizer) -> int:
-    eos = model.config.eos_token_id
-    return int(eos) if eos is not None else int(special_ids(tokenizer)["eos_token_id"])  # type: ignore[arg-type]
-
-
 def _lengths(cfg: Seq2SeqConfig, model: PretrainedModel) -> tuple[int, int]:
     """(source, target) token limits within the model's positions."""
-    limit = position_limit(model)
+    limit = position_limit(model.config)
     return min(cfg.max_source_length, limit), min(cfg.max_target_length, limit - 1)
 
 
@@ -198,57 +185,30 @@ def encode_pairs(cfg: Seq2SeqConfig, model: PretrainedModel, tokenizer: Tokenize
                  examples: list[Seq2SeqExample]) -> list[dict[str, Any]]:
     """Training features for the model's shape (decoder-only: loss on the target only)."""
     source_len, target_len = _lengths(cfg, model)
-    eos = _eos(model, tokenizer)
+    eos = eos_id(tokenizer, model.config)
     if model.config.arch == "decoder":
-        total = min(source_len + target_len, position_limit(model))
+        total = min(source_len + target_len, position_limit(model.config))
         return encode_causal_lm(examples, tokenizer, max_length=total, max_target_length=target_len,
                                 separator=cfg.separator, eos_id=eos)
     return encode_seq2seq(examples, tokenizer, max_source_length=source_len, max_target_length=target_len,
                           eos_id=eos)
 
 
-def prompts_for(cfg: Seq2SeqConfig, model: PretrainedModel, tokenizer: Tokenizer,
-                examples: list[Seq2SeqExample]) -> list[list[int]]:
-    """Generation inputs: encoder sources, or decoder prompts ``source + separator``."""
-    source_len, target_len = _lengths(cfg, model)
-    sources = [e.source for e in examples]
-    if model.config.arch == "decoder":
-        total = min(source_len + target_len, position_limit(model))
-        return causal_lm_prompts(tokenizer, sources, max_length=total, max_target_length=target_len,
-                                 separator=cfg.separator)
-    return [enc.ids for enc in tokenizer.encode_batch(sources, max_length=source_len)]
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def generate_ids(model: PretrainedModel, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int,
-                 batch_size: int, num_beams: int = 1, no_repeat_ngram_size: int = 0) -> list[list[int]]:
-    """New tokens for each prompt, EOS removed (greedy, or beam search with num_beams > 1),
-    generated in batches of prompts of similar length."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outputs: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
-        result = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, num_beams=num_beams,
-                          stop_token_ids=[eos_id], do_sample=False, no_repeat_ngram_size=no_repeat_ngram_size)
-        for i, ids in zip(chunk, result.tokens):
-            outputs[i] = ids[: ids.index(eos_id)] if eos_id in ids else ids
-    return outputs
-
-
-# --------------------------------------------------------------------------- evaluation
+def pipeline_options(cfg: Seq2SeqConfig) -> dict[str, Any]:
+    """The summarization / translation pipeline's options for this config (greedy or beam search,
+    up to max_new_tokens, else max_target_length, new tokens)."""
+    return {"max_source_length": cfg.max_source_length, "separator": cfg.separator,
+            "max_new_tokens": cfg.max_new_tokens or cfg.max_target_length, "num_beams": cfg.num_beams,
+            "no_repeat_ngram_size": cfg.no_repeat_ngram_size}
 
 
 def evaluate_seq2seq(model: PretrainedModel, tokenizer: Tokenizer, cfg: Seq2SeqConfig,
                      examples: list[Seq2SeqExample]) -> EvalReport:
-    """Generate an output per example (in batches); ROUGE / BLEU / chrF / loss against references."""
-    prompts = prompts_for(cfg, model, tokenizer, examples)
-    _, target_len = _lengths(cfg, model)
-    outputs = generate_ids(model, prompts, max_new_tokens=cfg.max_new_tokens or target_len,
-                           eos_id=_eos(model, tokenizer), batch_size=cfg.eval_batch_size, num_beams=cfg.num_beams,
-                           no_repeat_ngram_size=cfg.no_repeat_ngram_size)
-    hypotheses = [_clean(tokenizer.decode(ids), cfg.language) for ids in outputs]
+    """Generate an output per example (the summarization / translation pipeline); ROUGE / BLEU /
+    chrF / teacher-forced loss against the references."""
+    pipe = task_pipeline(cfg.kind, model, tokenizer, cfg, pipeline_options(cfg))
+    results = predict(pipe, [e.source for e in examples], [e.where for e in examples])
+    hypotheses = [r[pipe.result_key] for r in results]  # type: ignore[attr-defined]
     rows: list[dict[str, Any]] = [{"source": e.source, "prediction": h} for e, h in zip(examples, hypotheses)]
     if not all(e.references for e in examples):
         return EvalReport({}, rows)
@@ -259,14 +219,8 @@ def evaluate_seq2seq(model: PretrainedModel, tokenizer: Tokenizer, cfg: Seq2SeqC
     metrics["bleu"] = bleu(hypotheses, references, language=cfg.language)
     metrics["chrf"] = chrf(hypotheses, references)
     features = encode_pairs(cfg, model, tokenizer, examples)
-    metrics["loss"] = mean_loss(model, features, cfg.eval_batch_size, pad_id_of(tokenizer, model))
+    metrics["loss"] = mean_loss(model, features, cfg.eval_batch_size, pad_id(tokenizer, model.config))
     return EvalReport(metrics, rows)
-
-
-def _clean(text: str, language: str) -> str:
-    """Strip, and for Chinese drop the spaces a WordPiece decoder puts between characters."""
-    text = text.strip()
-    return _CJK_GAP.sub("", text) if language == "zh" else text
 
 
 def finetune_seq2seq(cfg: Seq2SeqConfig | dict[str, Any] | None = None, **fields: Any) -> FinetuneResult:
@@ -285,7 +239,8 @@ def finetune_seq2seq(cfg: Seq2SeqConfig | dict[str, Any] | None = None, **fields
     def evaluator(m: PretrainedModel) -> EvalReport:
         return evaluate_seq2seq(m, tokenizer, cfg, dev)
 
-    return run_finetune(cfg.kind, cfg, model, tokenizer, features, evaluator if dev else None, cfg.metrics)
+    return run_finetune(cfg.kind, cfg, model, tokenizer, features, evaluator if dev else None, cfg.metrics,
+                        pipeline_options(cfg))
 
 
 def _finetune_translation(cfg: Seq2SeqConfig | dict[str, Any] | None = None, **fields: Any) -> FinetuneResult:
@@ -296,5 +251,6 @@ def _finetune_translation(cfg: Seq2SeqConfig | dict[str, Any] | None = None, **f
 
 
 SUMMARIZATION = Recipe("summarization", Seq2SeqConfig, finetune_seq2seq, read_pairs, evaluate_seq2seq,
-                       ("seq2seq-lm",))
-TRANSLATION = Recipe("translation", Seq2SeqConfig, _finetune_translation, read_pairs, evaluate_seq2seq, ())
+                       pipeline_options)
+TRANSLATION = Recipe("translation", Seq2SeqConfig, _finetune_translation, read_pairs, evaluate_seq2seq,
+                     pipeline_options)

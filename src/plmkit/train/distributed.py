@@ -78,10 +78,17 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group, if one is initialized."""
+def current_env() -> DistEnv:
+    """Where this process stands without joining anything: the rank and size of the process group
+    it has joined (`init_distributed`), else torchrun's RANK / WORLD_SIZE, else a single process.
+
+    The one answer to "am I the main process" (`current_env().is_main`), before or after joining.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return DistEnv(rank=rank, world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", str(rank))))
 
 
 def barrier(env: DistEnv) -> None:

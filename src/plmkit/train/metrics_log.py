@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from plmkit.files import atomic_write, atomic_write_text
+from plmkit.rundir import METRICS_FILE
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -56,9 +56,7 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (must have "kind" and "step")."""
@@ -112,9 +110,7 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Path | No
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(png_path)
-    fig.savefig(out)
-    return out
+    return atomic_write(Path(png_path), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _finite(value: Any) -> bool:

@@ -14,7 +14,8 @@ from typing import Any
 
 from plmkit.data.tasks.features import TokenizerLike, truncating_backend
 from plmkit.data.tasks.labels import LabelMap
-from plmkit.data.tasks.records import Column, DataFormatError, TableFormat, read_table
+from plmkit.data.io import Column, TableFormat, read_table
+from plmkit.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ def read_classification(
     """Read a classification file into examples, one per non-blank row.
 
     `text_column` may list several columns, joined with a space. `label_column=None` reads
-    unlabeled data (label ""). A missing column, a short row or an empty label raises
-    `DataFormatError` naming ``file:line``.
+    unlabeled data (label ""). A missing column, a malformed row (more or fewer fields than the
+    header), an empty label, or labels written in different JSON types (1 and "1") raise
+    `plmkit.errors.DataError` naming ``file:line``.
 
     Examples: SST-2 ``read_classification("train.tsv")``; ChnSentiCorp
     ``read_classification("train.tsv", "text_a")``; AG News (header ``label,content``)
@@ -57,23 +59,34 @@ def read_classification(
     if pair_column is not None:
         columns.append(pair_column)
     examples = []
+    first_label: tuple[int, str] | None = None  # (line, type) of the first label: all must be alike
     for line, values in read_table(path, columns, fmt=fmt, header=header, column_names=column_names):
         where = f"{path}:{line}"
         text = " ".join(_text(path, line, texts[i], v) for i, v in enumerate(values[: len(texts)]))
         rest = values[len(texts):]
         label = ""
         if label_column is not None:
-            label = _text(path, line, label_column, rest.pop(0))
+            value = rest.pop(0)
+            label = _text(path, line, label_column, value)
             if not label:
-                raise DataFormatError(path, line, f"empty label in column {label_column!r}")
+                raise DataError(path, line, f"empty label in column {label_column!r}")
+            first_label = first_label or (line, _kind(value))
+            if _kind(value) != first_label[1]:
+                raise DataError(path, line, f"label {value!r} is {_kind(value)} but the label on line "
+                                            f"{first_label[0]} is {first_label[1]}: write every label the same "
+                                            "way (all text, or all numbers)")
         pair = _text(path, line, pair_column, rest[0]) if pair_column is not None else None
         examples.append(TextExample(text, label, pair, where))
     return examples
 
 
+def _kind(value: Any) -> str:
+    return {str: "text", int: "an integer", float: "a decimal number"}.get(type(value), type(value).__name__)
+
+
 def _text(path: str | Path, line: int, column: Column, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise DataFormatError(path, line, f"column {column!r} holds {type(value).__name__}, expected text")
+        raise DataError(path, line, f"column {column!r} holds {type(value).__name__}, expected text")
     return str(value).strip()
 
 

@@ -1,9 +1,10 @@
 """Padding features into batches, and the tokenizer backend used by the feature builders.
 
-A feature is a dict of model inputs: ints (a class label, a start position) or lists of
-ints (``input_ids``, ``labels``, ...). `collate` pads lists on the right: ``input_ids`` and
-``decoder_input_ids`` with `pad_id`, ``labels`` with -100 (ignored by every loss), anything
-else (``attention_mask``, ``token_type_ids``) with 0.
+A feature is a dict of model inputs: ints (a class label, a start position) or sequences of
+ints (``input_ids``, ``labels``, ...: lists, or 1-D numpy arrays as the pretraining objectives
+build them). `collate` pads them on the right: ``input_ids`` and ``decoder_input_ids`` with
+`pad_id`, ``labels`` with -100 (ignored by every loss), anything else (``attention_mask``,
+``token_type_ids``) with 0.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer as Backend
 
@@ -23,7 +25,7 @@ _PAD_WITH_IGNORE = ("labels",)
 
 
 def collate(
-    features: Sequence[Mapping[str, int | float | Sequence[int]]],
+    features: Sequence[Mapping[str, Any]],
     pad_id: int,
     *,
     pad_to_multiple_of: int | None = None,
@@ -43,18 +45,18 @@ def collate(
 
 
 def _stack(key: str, values: list[Any], pad_id: int, multiple: int | None) -> torch.Tensor:
-    if all(isinstance(v, int) for v in values):
-        return torch.tensor(values, dtype=torch.long)
-    if all(isinstance(v, (int, float)) for v in values):
-        return torch.tensor(values, dtype=torch.float32)
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.long)  # (B,)
+    if all(isinstance(v, (int, float, np.number)) for v in values):
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)  # (B,)
     length = max(len(v) for v in values)
     if multiple:
         length = -(-length // multiple) * multiple
     pad = pad_id if key in _PAD_WITH_ID else IGNORE_INDEX if key in _PAD_WITH_IGNORE else 0
-    out = torch.full((len(values), length), pad, dtype=torch.long)
-    for row, value in enumerate(values):
-        out[row, : len(value)] = torch.as_tensor(value, dtype=torch.long)
-    return out
+    out = np.full((len(values), length), pad, dtype=np.int64)  # (B, T)
+    for row, value in zip(out, values):
+        row[: len(value)] = value
+    return torch.from_numpy(out)
 
 
 def backend_of(tokenizer: TokenizerLike) -> Backend:
@@ -81,6 +83,15 @@ def truncating_backend(
     else:
         backend.enable_truncation(max_length, stride=stride, strategy=strategy)
     return backend
+
+
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Character span [start, end) of `text` shrunk to exclude leading and trailing whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def special_id(tokenizer: TokenizerLike, name: str, given: int | None) -> int:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from plmkit.errors import DataError
+
 
 @dataclass(frozen=True)
 class LabelMap:
@@ -44,13 +46,39 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.id2label)
 
+    @classmethod
+    def for_training(cls, train: Iterable[tuple[str, str]], dev: Iterable[tuple[str, str]] = (), *,
+                     labels: Sequence[str] | None = None, new_dev_labels: str = "error") -> LabelMap:
+        """The label vocabulary of a fine-tuning run from its (label, ``file:line``) pairs.
+
+        `labels` fixes it (every label must be one of them); else it is the sorted training
+        labels. A dev label no training example has is a DataError naming it and its line
+        (``new_dev_labels="error"``), or becomes a class of its own (``"add"``).
+        """
+        train, dev = list(train), list(dev)
+        if new_dev_labels not in ("error", "add"):
+            raise ValueError(f"new_dev_labels must be 'error' or 'add', got {new_dev_labels!r}")
+        if labels:
+            vocabulary = cls(tuple(labels))
+        else:
+            seen = {label for label, _ in train}
+            if new_dev_labels == "error":
+                for label, where in dev:
+                    if label not in seen:
+                        raise where_error(where, f"dev label {label!r} never occurs in the training data "
+                                                 f"(labels: {sorted(seen)[:20]}); fix the label, or set "
+                                                 "new_dev_labels=add to make it a class of its own")
+            vocabulary = cls.from_labels(seen | {label for label, _ in dev})
+        for label, where in train + dev:
+            vocabulary.encode(label, where)
+        return vocabulary
+
     def encode(self, label: str, where: str = "") -> int:
-        """The id of `label`; an unknown label is a ValueError naming `where` (``file:line``)."""
+        """The id of `label`; an unknown label is a DataError naming `where` (``file:line``)."""
         try:
             return self.id2label.index(label)
         except ValueError:
-            prefix = f"{where}: " if where else ""
-            raise ValueError(f"{prefix}label {label!r} is not one of {list(self.id2label)}") from None
+            raise where_error(where, f"label {label!r} is not one of {list(self.id2label)}") from None
 
     def decode(self, index: int) -> str:
         return self.id2label[index]
@@ -70,6 +98,14 @@ def class_weights(label_ids: Sequence[int], num_labels: int) -> torch.Tensor:
     present = counts > 0
     weights[present] = counts.sum().float() / (int(present.sum()) * counts[present].float())
     return weights
+
+
+def where_error(where: str, message: str) -> ValueError:
+    """A DataError at ``file:line`` `where` (a plain ValueError when `where` is empty)."""
+    path, _, line = where.rpartition(":")
+    if path and line.isdigit():
+        return DataError(path, int(line), message)
+    return DataError(where, None, message) if where else ValueError(message)
 
 
 def _is_int(text: str) -> bool:

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from plmkit.data.tasks.features import IGNORE_INDEX, TokenizerLike, truncating_backend
 from plmkit.data.tasks.labels import LabelMap
-from plmkit.data.tasks.records import DataFormatError, text_lines
+from plmkit.data.io import MissingColumnError, text_lines
+from plmkit.errors import DataError
 
 Scheme = Literal["bio", "bioes"]
 _PREFIXES = ("B", "I", "E", "S", "M")
@@ -39,14 +40,13 @@ def read_conll(path: str | Path, *, scheme: Scheme | None = None) -> list[Tagged
     """Read a CoNLL-format file; `scheme` converts the tags to "bio" (IOB2) or "bioes".
 
     A line without a tag or with a tag that is not ``O`` / ``P-TYPE`` raises
-    `DataFormatError` naming ``file:line``.
+    `plmkit.errors.DataError` naming ``file:line``.
     """
     sentences: list[TaggedSentence] = []
     words: list[str] = []
     tags: list[str] = []
     first_line = 0
-    for number, raw in text_lines(path):
-        line = raw.rstrip("\r\n")
+    for number, line in text_lines(path):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if words:
                 sentences.append(_sentence(words, tags, scheme, f"{path}:{first_line}"))
@@ -54,7 +54,7 @@ def read_conll(path: str | Path, *, scheme: Scheme | None = None) -> list[Tagged
             continue
         fields = line.split()
         if len(fields) < 2:
-            raise DataFormatError(path, number, f"expected 'token ... tag', got {line!r}")
+            raise MissingColumnError(path, number, f"expected 'token ... tag', got {line[:80]!r}")
         if not words:
             first_line = number
         words.append(fields[0])
@@ -69,7 +69,7 @@ def _checked_tag(path: str | Path, line: int, tag: str) -> str:
         return tag
     prefix, dash, kind = tag.partition("-")
     if not dash or prefix not in _PREFIXES or not kind:
-        raise DataFormatError(path, line, f"tag {tag!r} is not 'O' or one of B-/I-/E-/S-/M- + type")
+        raise DataError(path, line, f"tag {tag[:40]!r} is not 'O' or one of B-/I-/E-/S-/M- + type")
     return f"I-{kind}" if prefix == "M" else tag
 
 
@@ -192,9 +192,16 @@ def word_tags(
     get "O". Padding positions beyond ``len(word_ids)`` are ignored.
     """
     tags = ["O"] * num_words
-    seen: set[int] = set()
-    for word, prediction in zip(word_ids, token_predictions):
-        if word is not None and word not in seen:
-            tags[word] = label_map.decode(int(prediction))
-            seen.add(word)
+    for word, token in first_tokens(word_ids[: len(token_predictions)]).items():
+        tags[word] = label_map.decode(int(token_predictions[token]))
     return tags
+
+
+def first_tokens(word_ids: Sequence[int | None]) -> dict[int, int]:
+    """Word index -> position of the word's first token, the one that carries its tag (words cut
+    off by truncation have none); special tokens (word id None) belong to no word."""
+    first: dict[int, int] = {}
+    for token, word in enumerate(word_ids):
+        if word is not None and word not in first:
+            first[word] = token
+    return first

@@ -10,7 +10,6 @@ token offsets, so the answer is an exact substring of the context.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from plmkit.data.tasks.features import TokenizerLike, backend_of, truncating_backend
+from plmkit.data.io import parse_json
+from plmkit.data.tasks.features import TokenizerLike, backend_of, trim_span, truncating_backend
+from plmkit.errors import DataError, UserError
 
 
 @dataclass(frozen=True)
@@ -39,22 +40,29 @@ class QAExample:
 def read_squad(path: str | Path, member: str | None = None) -> list[QAExample]:
     """Read SQuAD v1.1/v2.0-format JSON (CMRC 2018 too), plain or inside a ``.zip``.
 
-    For a zip, `member` names the JSON inside it (needed only when it holds several). A
-    missing field raises ValueError naming the file and the question (or its position).
+    For a zip, `member` names the JSON inside it (needed only when it holds several). Invalid
+    UTF-8 or JSON, a missing field or a field of the wrong type is a DataError naming the file
+    and the question (or its position, e.g. ``data[0].paragraphs[3]``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            raw = archive.read(_zip_member(path, archive, member))
+    if path.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                raw = archive.read(_zip_member(path, archive, member))
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise DataError(path, None, f"corrupt zip file: {e}") from None
     else:
         raw = path.read_bytes()
     try:
-        document = json.loads(raw.decode("utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid UTF-8 JSON: {e}") from None
-    return [example for article_index, article in enumerate(_field(path, document, "data", "the file"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(path, line, f"invalid UTF-8: byte 0x{raw[e.start]:02x}; re-encode the file as UTF-8") from None
+    document = parse_json(path, None, text)
+    articles = _typed(path, _field(path, document, "data", "the file"), list, "data")
+    return [example for article_index, article in enumerate(articles)
             for example in _article_examples(path, article, article_index)]
 
 
@@ -62,34 +70,50 @@ def _zip_member(path: Path, archive: zipfile.ZipFile, member: str | None) -> str
     names = [n for n in archive.namelist() if n.endswith(".json")]
     if member is not None:
         if member not in archive.namelist():
-            raise ValueError(f"{path}: no member {member!r}; members are {archive.namelist()}")
+            raise DataError(path, None, f"no member {member!r}; members are {archive.namelist()}")
         return member
     if len(names) != 1:
-        raise ValueError(f"{path}: expected one .json member, found {names}; pass member=")
+        raise DataError(path, None, f"expected one .json member, found {names}; pass member=")
     return names[0]
 
 
 def _field(path: Path, record: Any, key: str, where: str) -> Any:
     if not isinstance(record, dict) or key not in record:
-        raise ValueError(f"{path}: {where}: missing field {key!r}")
+        raise DataError(path, None, f"{where}: missing field {key!r}")
     return record[key]
+
+
+def _typed(path: Path, value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = {list: "a list", str: "text", int: "an integer", dict: "an object"}
+        raise DataError(path, None, f"{where}: expected {names.get(kind, kind.__name__)}, got {value!r:.60}")
+    return value
 
 
 def _article_examples(path: Path, article: Any, article_index: int) -> list[QAExample]:
     title = article.get("title", "") if isinstance(article, dict) else ""
     examples = []
-    for p_index, paragraph in enumerate(_field(path, article, "paragraphs", f"data[{article_index}]")):
-        where = f"data[{article_index}].paragraphs[{p_index}]"
-        context = _field(path, paragraph, "context", where)
-        for q_index, qa in enumerate(_field(path, paragraph, "qas", where)):
-            q_where = f"question {qa.get('id', f'{where}.qas[{q_index}]')}" if isinstance(qa, dict) else where
-            answers = _field(path, qa, "answers", q_where)
-            texts = tuple(_field(path, a, "text", q_where) for a in answers)
-            starts = tuple(int(_field(path, a, "answer_start", q_where)) for a in answers)
+    a_where = f"data[{article_index}]"
+    for p_index, paragraph in enumerate(_typed(path, _field(path, article, "paragraphs", a_where), list,
+                                               f"{a_where}.paragraphs")):
+        where = f"{a_where}.paragraphs[{p_index}]"
+        context = _typed(path, _field(path, paragraph, "context", where), str, f"{where}.context")
+        for q_index, qa in enumerate(_typed(path, _field(path, paragraph, "qas", where), list, f"{where}.qas")):
+            qa = _typed(path, qa, dict, f"{where}.qas[{q_index}]")
+            q_where = f"question {str(qa.get('id', f'{where}.qas[{q_index}]'))[:60]}"
+            answers = _typed(path, _field(path, qa, "answers", q_where), list, f"{q_where}: answers")
+            texts = tuple(_typed(path, _field(path, a, "text", q_where), str, f"{q_where}: answer text")
+                          for a in answers)
+            starts = tuple(_typed(path, _field(path, a, "answer_start", q_where), int, f"{q_where}: answer_start")
+                           for a in answers)
+            question_id = _field(path, qa, "id", q_where)
+            if not isinstance(question_id, (str, int)) or isinstance(question_id, bool):
+                raise DataError(path, None, f"{q_where}: id must be text or an integer")
             examples.append(QAExample(
-                id=str(_field(path, qa, "id", q_where)), question=_field(path, qa, "question", q_where),
+                id=str(question_id), question=_typed(path, _field(path, qa, "question", q_where), str,
+                                                     f"{q_where}: question"),
                 context=context, answers=texts, answer_starts=starts,
-                is_impossible=bool(qa.get("is_impossible", False)), title=title,
+                is_impossible=bool(qa.get("is_impossible", False)), title=str(title),
             ))
     return examples
 
@@ -158,21 +182,24 @@ def encode_qa(
 ) -> list[QAFeature]:
     """Tokenize ``(question, context)`` pairs into one feature per window (module docstring).
 
-    Questions are cut to `max_query_length` tokens; `stride` must be smaller than the
-    context room left beside the longest question. With labels, an answerable example none
-    of whose answers occurs in its context raises ValueError naming the question id.
+    Questions are cut to `max_query_length` tokens; `stride` must be smaller than the context
+    room left beside each question (else a `WindowError` naming it). With labels, an answerable
+    example none of whose answers occurs in its context raises ValueError naming the question id.
     """
-    questions, longest = _truncated_questions(examples, tokenizer, max_query_length)
-    room = max_length - longest - backend_of(tokenizer).num_special_tokens_to_add(is_pair=True)
-    if not 0 <= stride < room:
-        raise ValueError(f"stride={stride} must be below the {room} context tokens that max_length={max_length} "
-                         f"leaves beside the longest question ({longest} tokens)")
+    questions, lengths = _truncated_questions(examples, tokenizer, max_query_length)
+    specials = backend_of(tokenizer).num_special_tokens_to_add(is_pair=True)
+    for index, (example, length) in enumerate(zip(examples, lengths)):
+        room = max_length - length - specials
+        if not 0 <= stride < room:
+            raise WindowError(index, f"question {example.id}: stride={stride} must be below the {room} context "
+                                     f"tokens that max_length={max_length} leaves beside the question "
+                                     f"({length} tokens)")
     backend = truncating_backend(tokenizer, max_length, stride=stride, strategy="only_second")
     encodings = backend.encode_batch(list(zip(questions, [e.context for e in examples])))
     features = []
     for index, (example, encoding) in enumerate(zip(examples, encodings)):
         windows = [encoding, *encoding.overflowing]
-        offsets = [_context_offsets(example, window) for window in windows]
+        offsets = [_context_offsets(index, example, window) for window in windows]
         span = _training_span(example, offsets) if with_labels else None
         for window, window_offsets in zip(windows, offsets):
             inputs: dict[str, Any] = {"input_ids": window.ids, "token_type_ids": window.type_ids,
@@ -185,19 +212,27 @@ def encode_qa(
 
 def _truncated_questions(
     examples: Sequence[QAExample], tokenizer: TokenizerLike, limit: int,
-) -> tuple[list[str], int]:
-    """Questions cut to `limit` tokens, and the token count of the longest after the cut."""
+) -> tuple[list[str], list[int]]:
+    """Questions cut to `limit` tokens, and the token count of each after the cut."""
     plain = truncating_backend(tokenizer, None)
     questions = [e.question.lstrip() for e in examples]
     encodings = plain.encode_batch(questions, add_special_tokens=False)
     cut = [q if len(enc.offsets) <= limit else q[: enc.offsets[limit - 1][1]] for q, enc in zip(questions, encodings)]
-    return cut, min(limit, max((len(enc.ids) for enc in encodings), default=0))
+    return cut, [min(limit, len(enc.ids)) for enc in encodings]
 
 
-def _context_offsets(example: QAExample, window: Any) -> list[tuple[int, int] | None]:
+class WindowError(UserError):
+    """A question leaves no room for windows of its context; `example_index` says which."""
+
+    def __init__(self, example_index: int, message: str) -> None:
+        super().__init__(message)
+        self.example_index = example_index
+
+
+def _context_offsets(index: int, example: QAExample, window: Any) -> list[tuple[int, int] | None]:
     offsets = [off if seq == 1 else None for off, seq in zip(window.offsets, window.sequence_ids)]
     if all(off is None for off in offsets):
-        raise ValueError(f"question {example.id}: max_length leaves no room for the context")
+        raise WindowError(index, f"question {example.id}: max_length leaves no room for the context")
     return offsets
 
 
@@ -277,6 +312,45 @@ def nbest_spans(
     return spans[:n_best]
 
 
+def rank_answers(
+    features: Sequence[QAFeature],
+    context: str,
+    start_scores: Sequence[Any],
+    end_scores: Sequence[Any],
+    *,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_threshold: float | None = None,
+    top_k: int | None = None,
+) -> list[QASpan]:
+    """The answers to one question over all its windows, best first: distinct, non-empty spans of
+    `context` trimmed of surrounding whitespace, scored start + end (logits or log-probabilities,
+    one (T,) row per window).
+
+    With `null_threshold` (SQuAD v2) there is no answer ([]) when the no-answer score (the lowest
+    start[0] + end[0] over windows) beats the best span by more than it. `top_k` keeps the best k.
+    """
+    spans: list[QASpan] = []
+    null_score = np.inf
+    for feature, start, end in zip(features, start_scores, end_scores):
+        s, e = _as_numpy(start), _as_numpy(end)
+        spans += nbest_spans(feature, context, s, e, n_best=n_best, max_answer_length=max_answer_length)
+        null_score = min(null_score, float(s[0] + e[0]))
+    answers: list[QASpan] = []
+    seen: set[tuple[int, int]] = set()
+    for span in sorted(spans, key=lambda span: -span.score):
+        begin, finish = trim_span(context, span.start, span.end)
+        if begin == finish or (begin, finish) in seen:
+            continue
+        seen.add((begin, finish))
+        answers.append(QASpan(context[begin:finish], begin, finish, span.score))
+        if top_k is not None and len(answers) == top_k:
+            break
+    if null_threshold is not None and (not answers or null_score - answers[0].score > null_threshold):
+        return []
+    return answers
+
+
 def postprocess_qa(
     examples: Sequence[QAExample],
     features: Sequence[QAFeature],
@@ -287,11 +361,8 @@ def postprocess_qa(
     max_answer_length: int = 30,
     null_threshold: float | None = None,
 ) -> dict[str, str]:
-    """Best answer text per question id from per-window logits, each (F, T) or a list of (T,).
-
-    With `null_threshold` (SQuAD v2), the answer is "" when the no-answer score (the lowest
-    start_logit[0] + end_logit[0] over windows) exceeds the best span score by more than it.
-    """
+    """Best answer text per question id (`rank_answers`) from per-window logits, each (F, T) or a
+    list of (T,); "" when there is none."""
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(f"{len(features)} features but {len(start_logits)} start and "
                          f"{len(end_logits)} end logit rows")
@@ -300,15 +371,11 @@ def postprocess_qa(
         by_example.setdefault(feature.example_index, []).append(f_index)
     answers = {}
     for e_index, example in enumerate(examples):
-        spans, null_score = [], np.inf
-        for f_index in by_example.get(e_index, []):
-            s, e = _as_numpy(start_logits[f_index]), _as_numpy(end_logits[f_index])
-            spans += nbest_spans(features[f_index], example.context, s, e,
-                                 n_best=n_best, max_answer_length=max_answer_length)
-            null_score = min(null_score, float(s[0] + e[0]))
-        best = max(spans, key=lambda span: span.score, default=None)
-        no_answer = best is None or (null_threshold is not None and null_score - best.score > null_threshold)
-        answers[example.id] = "" if no_answer else best.text.strip()  # type: ignore[union-attr]
+        rows = by_example.get(e_index, [])
+        ranked = rank_answers([features[i] for i in rows], example.context, [start_logits[i] for i in rows],
+                              [end_logits[i] for i in rows], n_best=n_best, max_answer_length=max_answer_length,
+                              null_threshold=null_threshold, top_k=1)
+        answers[example.id] = ranked[0].text if ranked else ""
     return answers
 
 

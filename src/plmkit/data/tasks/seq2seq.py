@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from plmkit.data.tasks.features import IGNORE_INDEX, TokenizerLike, special_id, truncating_backend
-from plmkit.data.tasks.records import Column, DataFormatError, TableFormat, read_table, text_lines
+from plmkit.data.io import Column, TableFormat, read_table, text_lines
+from plmkit.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def read_seq2seq_jsonl(
         source = _joined(path, line, source_field, values[0], join)
         references = [r for name, value in zip(targets, values[1:]) for r in _texts(path, line, name, value)]
         if not references:
-            raise DataFormatError(path, line, f"no reference text in {targets}")
+            raise DataError(path, line, f"no reference text in {targets}")
         examples.append(Seq2SeqExample(source, tuple(references), f"{path}:{line}"))
     return examples
 
@@ -61,7 +62,7 @@ def _joined(path: str | Path, line: int, name: str, value: Any, join: str) -> st
 def _texts(path: str | Path, line: int, name: str, value: Any) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not all(isinstance(item, str) for item in items):
-        raise DataFormatError(path, line, f"field {name!r} must be text or a list of texts")
+        raise DataError(path, line, f"field {name!r} must be text or a list of texts")
     return [item.strip() for item in items]
 
 
@@ -81,10 +82,11 @@ def read_seq2seq_table(
 
 def read_parallel(source_path: str | Path, target_path: str | Path) -> list[Seq2SeqExample]:
     """Read line-aligned parallel files (plain or ``.gz``): line i of one translates line i of the other."""
-    sources = [line.rstrip("\r\n") for _, line in text_lines(source_path)]
-    targets = [line.rstrip("\r\n") for _, line in text_lines(target_path)]
+    sources = [line for _, line in text_lines(source_path)]
+    targets = [line for _, line in text_lines(target_path)]
     if len(sources) != len(targets):
-        raise ValueError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}")
+        raise DataError(source_path, None, f"{len(sources)} lines, but {target_path} has {len(targets)}: parallel "
+                                           "files must align line by line")
     return [Seq2SeqExample(s.strip(), (t.strip(),), f"{source_path}:{i}")
             for i, (s, t) in enumerate(zip(sources, targets), 1)]
 

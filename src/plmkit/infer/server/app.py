@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from plmkit.infer.base import NonFiniteScores
 from plmkit.infer.control import Cancelled
 from plmkit.infer.pipeline import Pipeline
 from plmkit.infer.quantize import weight_format
@@ -157,6 +158,8 @@ def unwrap(future: asyncio.Future, limits: ServerLimits) -> Any:
         if str(error) == "deadline":
             raise deadline_error(limits)
         raise RequestError(499, "the client closed the connection")
+    if isinstance(error, NonFiniteScores):  # the model's fault, not the request's
+        raise RequestError(500, short(str(error), ERROR_LIMIT))
     if isinstance(error, ValueError):
         raise RequestError(400, short(str(error), ERROR_LIMIT))
     raise RequestError(500, f"internal error ({type(error).__name__}); the server log has the details")

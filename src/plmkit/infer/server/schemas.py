@@ -49,6 +49,9 @@ PIPELINE_OPTIONS: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "doc_stride": (int | None, None, "tokens shared by consecutive windows (default: a quarter)"),
         "max_question_length": (int, 64, "tokens of the question kept"),
         "max_answer_length": (int, 30, "most tokens of an answer"),
+        "n_best": (int, 20, "start and end candidates considered per window"),
+        "null_threshold": (float | None, None, "answer \"\" when no-answer beats the best span by more "
+                                               "(log-probability; null: always answer)"),
     },
     "fill-mask": {
         "top_k": (int, 5, "candidates per mask"),
@@ -60,10 +63,12 @@ PIPELINE_OPTIONS: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "max_length": (int | None, None, "tokens per input (default: the model's)"),
     },
     "text-generation": {"return_full_text": (bool, True, "prompt + continuation (false: continuation only)")},
-    "summarization": {"max_source_length": (int | None, None, "tokens of the source kept")},
-    "translation": {"max_source_length": (int | None, None, "tokens of the source kept")},
+    "summarization": {"max_source_length": (int | None, None, "tokens of the source kept"),
+                      "separator": (str, "\n", "decoder models: text between source and output")},
+    "translation": {"max_source_length": (int | None, None, "tokens of the source kept"),
+                    "separator": (str, "\n", "decoder models: text between source and output")},
 }
-_POSITIVE = {"top_k", "max_length", "max_question_length", "max_answer_length", "max_source_length"}
+_POSITIVE = {"top_k", "max_length", "max_question_length", "max_answer_length", "max_source_length", "n_best"}
 
 
 # --------------------------------------------------------------------------- inputs

@@ -5,7 +5,7 @@ fractions in [0, 1] (like scikit-learn, seqeval and rouge-score); SQuAD EM/F1, B
 are in [0, 100] (like the official SQuAD script and sacrebleu).
 
 - classification: `accuracy`, `macro_f1`, `classification_report` (per class P/R/F1),
-  `confusion_matrix`, `plot_confusion_matrix` (PNG, matplotlib's Agg canvas)
+  `confusion_matrix` (scikit-learn), `plot_confusion_matrix` (PNG, matplotlib's Agg canvas)
 - tagging: `entity_scores` (seqeval; IOB2 or IOBES)
 - extractive QA: `squad_scores` (English: the official SQuAD normalization and bag-of-token
   F1; Chinese: CMRC 2018 style, mixed segmentation and longest-common-substring F1)
@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from plmkit.data.io import is_cjk
+from plmkit.files import atomic_write
 
 Language = Literal["en", "zh"]
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -35,59 +36,56 @@ _ASCII_PUNCTUATION = frozenset(string.punctuation)
 
 # ---- classification -------------------------------------------------------------------------
 def _label_arrays(predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  num_labels: int | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Predictions, references (flat int arrays) and the class ids to score: 0..num_labels-1, else
+    those that occur (scikit-learn's default)."""
     pred, gold = np.asarray(predictions, dtype=np.int64).ravel(), np.asarray(references, dtype=np.int64).ravel()
     if pred.shape != gold.shape:
         raise ValueError(f"{pred.size} predictions but {gold.size} references")
     if pred.size == 0:
         raise ValueError("no predictions to score")
-    return pred, gold
+    if num_labels is None:
+        return pred, gold, sorted(set(pred.tolist()) | set(gold.tolist()))
+    if min(pred.min(), gold.min()) < 0 or max(pred.max(), gold.max()) >= num_labels:
+        raise ValueError(f"label ids must lie in 0..{num_labels - 1}")
+    return pred, gold, list(range(num_labels))
 
 
 def accuracy(predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray) -> float:
     """Fraction of predictions equal to their reference."""
-    pred, gold = _label_arrays(predictions, references)
-    return float((pred == gold).mean())
+    from sklearn.metrics import accuracy_score
+
+    pred, gold, _ = _label_arrays(predictions, references)
+    return float(accuracy_score(gold, pred))
 
 
 def confusion_matrix(
     predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray, num_labels: int | None = None,
 ) -> np.ndarray:
-    """Counts (C, C): row = reference class, column = predicted class (scikit-learn's layout)."""
-    pred, gold = _label_arrays(predictions, references)
+    """Counts (C, C): row = reference class, column = predicted class (scikit-learn's layout).
+
+    C is `num_labels`, else the largest id seen + 1."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    pred, gold, _ = _label_arrays(predictions, references, num_labels)
     size = num_labels if num_labels is not None else int(max(pred.max(), gold.max())) + 1
-    if min(pred.min(), gold.min()) < 0 or max(pred.max(), gold.max()) >= size:
+    if min(pred.min(), gold.min()) < 0:
         raise ValueError(f"label ids must lie in 0..{size - 1}")
-    matrix = np.zeros((size, size), dtype=np.int64)
-    np.add.at(matrix, (gold, pred), 1)
-    return matrix
-
-
-def _per_class(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall, F1 and support per class; 0 where undefined (no predictions / no gold)."""
-    true_pos = np.diag(matrix).astype(np.float64)
-    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
-    precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
-    recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
-    total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(true_pos), where=total > 0)
-    return precision, recall, f1, support
+    return sk_confusion_matrix(gold, pred, labels=list(range(size))).astype(np.int64)
 
 
 def macro_f1(
     predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray, num_labels: int | None = None,
 ) -> float:
-    """Unweighted mean F1 over classes.
+    """Unweighted mean F1 over classes (0 where undefined).
 
     Without `num_labels`, the classes are those seen in the predictions or references
     (scikit-learn's default); with it, all of 0..num_labels-1 count (absent ones as 0).
     """
-    matrix = confusion_matrix(predictions, references, num_labels)
-    _, _, f1, support = _per_class(matrix)
-    if num_labels is None:
-        seen = (support > 0) | (matrix.sum(axis=0) > 0)
-        return float(f1[seen].mean())
-    return float(f1.mean())
+    from sklearn.metrics import f1_score
+
+    pred, gold, classes = _label_arrays(predictions, references, num_labels)
+    return float(f1_score(gold, pred, labels=classes, average="macro", zero_division=0))
 
 
 def classification_report(
@@ -95,16 +93,21 @@ def classification_report(
     references: Sequence[int] | np.ndarray,
     label_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, macro P/R/F1 over all `label_names` classes and P/R/F1/support per class.
+    """Accuracy, macro P/R/F1 over all `label_names` classes and P/R/F1/support per class
+    (scikit-learn's `precision_recall_fscore_support`, 0 where undefined).
 
     Returns ``{"accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class":
     {name: {"precision", "recall", "f1", "support"}}}``; names default to "0", "1", ...
     """
-    matrix = confusion_matrix(predictions, references, len(label_names) if label_names else None)
-    names = list(label_names) if label_names else [str(i) for i in range(len(matrix))]
-    precision, recall, f1, support = _per_class(matrix)
+    from sklearn.metrics import precision_recall_fscore_support
+
+    pred, gold, _ = _label_arrays(predictions, references, len(label_names) if label_names else None)
+    size = len(label_names) if label_names else int(max(pred.max(), gold.max())) + 1
+    names = list(label_names) if label_names else [str(i) for i in range(size)]
+    precision, recall, f1, support = precision_recall_fscore_support(gold, pred, labels=list(range(size)),
+                                                                     zero_division=0)
     return {
-        "accuracy": float(np.trace(matrix) / matrix.sum()),
+        "accuracy": accuracy(pred, gold),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
@@ -140,8 +143,7 @@ def plot_confusion_matrix(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 # ---- tagging ----------------------------------------------------------------------------------
