@@ -206,17 +206,19 @@ def test_training_features_are_the_tokens_the_pipelines_see(data, tok_dir, tiny)
 
 
 def test_one_collate_pads_task_features_and_pretraining_examples():
-    """data/pretraining.py's own collate gives what the shared one gives (it can become an import)."""
+    """Pretraining examples (numpy rows, a numpy scalar label) pad by the same rule as task features."""
     import numpy as np
 
     from plmkit.data import pretraining
     from plmkit.data.tasks import collate
 
+    assert pretraining.collate is collate
     rng = np.random.default_rng(0)
-    examples = [{"input_ids": rng.integers(5, 50, n), "token_type_ids": np.zeros(n, dtype=np.int64),
-                 "attention_mask": np.ones(n, dtype=np.int64), "labels": rng.integers(-100, 50, n),
+    examples = [{"input_ids": rng.integers(5, 50, n), "token_type_ids": np.ones(n, dtype=np.int64),
+                 "attention_mask": np.ones(n, dtype=np.int64), "labels": rng.integers(0, 50, n),
                  "next_sentence_label": np.int64(n % 2)} for n in (3, 7, 5)]
-    ours, theirs = collate(examples, 1), pretraining.collate(examples, 1)
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        assert torch.equal(ours[key], theirs[key]) and ours[key].dtype == theirs[key].dtype, key
+    batch = collate(examples, 1)
+    assert batch["input_ids"].shape == (3, 7) and batch["next_sentence_label"].tolist() == [1, 1, 1]
+    assert batch["input_ids"][0, 3:].tolist() == [1] * 4 and batch["labels"][0, 3:].tolist() == [-100] * 4
+    assert batch["token_type_ids"][2, 5:].tolist() == [0, 0] and batch["attention_mask"][2].tolist() == [1] * 5 + [0] * 2
+    assert all(t.dtype == torch.long for t in batch.values())

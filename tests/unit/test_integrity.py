@@ -135,7 +135,7 @@ def test_a_config_bigger_than_its_weights_is_refused_before_allocating(tmp_path,
         built_on.append(torch.empty(0).device.type)
         return real_build(config, task)
 
-    monkeypatch.setattr("plmkit.models.build_model", spy)
+    monkeypatch.setattr("plmkit.models.checkpoint_io.build_model", spy)
     with pytest.raises(ValueError, match=r"transformer.emb.tok.weight has shape \(50, 16\), the config expects "
                                          r"\(5000000, 16\)"):
         load(folder)

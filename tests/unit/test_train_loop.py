@@ -257,7 +257,7 @@ def test_layer_wise_lr_decay_scales_each_depth():
     assert decayed == {id(p) for g in flat.param_groups if g["weight_decay"] > 0 for p in g["params"]}
 
 
-def test_precision_auto_resolves_by_hardware_and_is_recorded(tmp_path, monkeypatch):
+def test_precision_auto_resolves_by_hardware_and_is_recorded(tmp_path, monkeypatch, tiny_gpt):
     from plmkit.train import loop
 
     cpu = torch.device("cpu")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from plmkit.data.shards import ShardSet
+from plmkit.data.tasks.features import collate  # one padding rule for pretraining and task batches
 
 Example = dict[str, Any]
 """One unpadded example: 1-D int64 arrays per key, and ints for sequence-level labels."""
@@ -97,29 +98,6 @@ class Objective:
             if value is not None:
                 return int(value)
         raise ValueError(f"objective {self.name!r} needs a {role} token; the tokenizer of {self.shards.path} has none")
-
-
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad each key's 1-D arrays to the longest, (B, T) tensors: ``input_ids`` with ``pad_id``,
-    ``labels`` with -100, the rest (attention_mask, token_type_ids) with 0; ints become (B,)."""
-    if not examples:
-        raise ValueError("cannot collate an empty list of examples")
-    batch: dict[str, torch.Tensor] = {}
-    for key in examples[0]:
-        values = [ex[key] for ex in examples]
-        if np.isscalar(values[0]):
-            batch[key] = torch.tensor(values, dtype=torch.long)
-        else:
-            fill = pad_id if key == "input_ids" else IGNORE if key == "labels" else 0
-            batch[key] = torch.from_numpy(_pad(values, fill))
-    return batch
-
-
-def _pad(arrays: Sequence[np.ndarray], fill: int) -> np.ndarray:
-    out = np.full((len(arrays), max(len(a) for a in arrays)), fill, dtype=np.int64)  # (B, T)
-    for row, a in zip(out, arrays):
-        row[: len(a)] = a
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

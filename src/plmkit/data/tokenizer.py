@@ -38,6 +38,8 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Encoding as _RustEncoding
 from tokenizers import Tokenizer as _RustTokenizer
 
+from plmkit.files import atomic_write_text
+
 ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 ROBERTA_SPECIALS = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>",
@@ -594,7 +596,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---- small helpers --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from plmkit.config import ConfigError, from_dict, ModelConfig
 from plmkit.errors import DataError
 from plmkit.files import atomic_write, no_space_as_error
 from plmkit.models import hf_compat
+from plmkit.models.registry import build_model
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ def load_model(directory: str | Path, task: str | None = None, **overrides):
     overrides are ModelConfig fields (e.g. num_labels=3, id2label={...}, dropout=0.0). The
     model remembers its folder as ``model.loaded_from``.
     """
-    from plmkit.models import build_model
-
     cfg, saved_task = read_config(directory)
     task = task or saved_task
     if cfg.family == "electra" and task == "pretraining":

@@ -18,19 +18,12 @@ from torch import Tensor
 import torch
 
 from plmkit.config import ConfigError, ModelConfig, from_dict
+from plmkit.heads import hf_class_suffixes
 
 HF_FAMILIES = ("bert", "roberta", "albert", "electra", "gpt2")
 PREFIX = {"bert": "bert", "roberta": "roberta", "albert": "albert", "electra": "electra", "gpt2": "transformer"}
 
-_CLASS_SUFFIX = {
-    "pretraining": "ForPreTraining",
-    "masked-lm": "ForMaskedLM",
-    "sequence-classification": "ForSequenceClassification",
-    "token-classification": "ForTokenClassification",
-    "question-answering": "ForQuestionAnswering",
-    "feature-extraction": "Model",
-    "causal-lm": "LMHeadModel",
-}
+_CLASS_SUFFIX = hf_class_suffixes()  # head -> "ForSequenceClassification", ... (plmkit.heads)
 _CLASS_STEM = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra", "gpt2": "GPT2"}
 
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}

@@ -14,19 +14,21 @@ import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from plmkit.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml
+from plmkit.data.cooccurrence import cooccurrence_embeddings, scaled
 from plmkit.data.loader import eval_batches, open_eval, open_stream
 from plmkit.data.shards import ShardSet
 from plmkit.data.tokenizer import Tokenizer
+from plmkit.heads import FAMILY_OBJECTIVES
 from plmkit.models import build_model, load
+from plmkit.train.checkpoint import resolve_resume
 from plmkit.train.loop import TrainConfig, TrainResult, train
 
-OBJECTIVE_OF_FAMILY = {"bert": "bert", "albert": "albert", "roberta": "roberta", "electra": "electra", "gpt2": "gpt",
-                       "seq2seq": "seq2seq"}
+OBJECTIVE_OF_FAMILY = FAMILY_OBJECTIVES  # the objective of each model family (plmkit.heads)
 
 
 @dataclass
@@ -67,12 +69,33 @@ class DataConfig:
 
 
 @dataclass
+class EmbeddingsConfig:
+    """How a fresh model's token embeddings start (see plmkit.data.cooccurrence)."""
+
+    init: Literal["random", "cooccurrence"] = "random"
+    """random, or cooccurrence: PPMI + truncated SVD of the training shards' token co-occurrences,
+    computed in seconds before the first step (tokens that never occur stay random)."""
+    window: int = 10
+    """Co-occurrence: tokens at most this far apart inside a document count as a pair (weight 1/distance)."""
+    max_tokens: int = 20_000_000
+    """Co-occurrence: read at most this many tokens of each shard folder."""
+    scale: float = 1.0
+    """Co-occurrence: standard deviation of the vectors, in units of model.initializer_range."""
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     init_from: str | None = None
     """Continue pretraining from this checkpoint directory instead of random weights."""
+
+    def __post_init__(self) -> None:
+        if self.init_from and self.embeddings.init != "random":
+            raise ConfigError("embeddings.init starts a fresh model's embeddings; with init_from the checkpoint "
+                              "already has them (leave embeddings.init at random)")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> PretrainConfig:
@@ -172,10 +195,24 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
     else:
         torch.manual_seed(cfg.train.seed)
         model = build_model(model_cfg, "pretraining")
+        if cfg.embeddings.init == "cooccurrence" and resolve_resume(Path(out_dir), resume) is None:
+            init_cooccurrence_embeddings(model, cfg)
     stream = open_stream(sources(cfg.data), objective, max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, prefetch=cfg.data.prefetch, **cfg.data.options)
     return train(model, stream, cfg.train, out_dir, eval_fn=make_eval_fn(cfg, objective), resume=resume,
                  tokenizer=tokenizer)
+
+
+def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) -> None:
+    """Set the token embeddings of the tokens that occur in the training shards to their
+    co-occurrence vectors (plmkit.data.cooccurrence), scaled to the model's initialization."""
+    table = model.transformer.emb.tok.weight  # (V, E)
+    vectors, seen = cooccurrence_embeddings(sources(cfg.data), table.size(1), window=cfg.embeddings.window,
+                                            max_tokens=cfg.embeddings.max_tokens, seed=cfg.train.seed)
+    vectors = scaled(vectors, seen, cfg.embeddings.scale * model.config.initializer_range)
+    with torch.no_grad():
+        rows = torch.from_numpy(seen)
+        table[rows] = torch.from_numpy(vectors[seen]).to(table.dtype)
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import signal
 import sys
@@ -41,7 +40,10 @@ from tqdm.auto import tqdm
 
 from plmkit.config import ConfigError
 from plmkit.errors import Interrupted, NonFiniteError, UserError
+from plmkit.files import atomic_write_text
+from plmkit.models.base import eval_mode
 from plmkit.outputs import RUN, OutputClaim, claim_output
+from plmkit.rundir import FINAL_DIR, LOSS_PLOT, RUN_FILE
 from plmkit.train import checkpoint as ckpt
 from plmkit.train.distributed import (
     DistEnv,
@@ -336,9 +338,7 @@ class _Trainer:
             "command": sys.argv,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        tmp = self.out_dir / "run.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self.out_dir / "run.json")
+        atomic_write_text(self.out_dir / RUN_FILE, json.dumps(info, indent=2, default=str))
 
     # ----------------------------------------------------------------------- one step
 
@@ -445,13 +445,8 @@ class _Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Run eval_fn on the user's model in eval mode; log and return its metrics."""
-        was_training = self.inner.training
-        self.inner.eval()
-        try:
-            with torch.no_grad(), self.autocast():
-                raw = self.eval_fn(self.inner)  # type: ignore[misc]
-        finally:
-            self.inner.train(was_training)
+        with eval_mode(self.inner), torch.no_grad(), self.autocast():
+            raw = self.eval_fn(self.inner)  # type: ignore[misc]
         if not isinstance(raw, Mapping):
             raise TypeError(f"eval_fn must return a mapping of metric name -> number, got {type(raw).__name__}")
         metrics = {str(k): float(v) for k, v in raw.items()}
@@ -556,9 +551,9 @@ class _Trainer:
         if self.cfg.save_every and step > start_step and (self.last_saved is None or
                                                           self.last_saved.name != ckpt.checkpoint_name(step)):
             self.save(step)
-        final_dir = export_pretrained(self.model, self.out_dir / "final", self.env, self.tokenizer)
+        final_dir = export_pretrained(self.model, self.out_dir / FINAL_DIR, self.env, self.tokenizer)
         if self.env.is_main:
-            plot_loss_curve(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
+            plot_loss_curve(self.out_dir / METRICS_FILE, self.out_dir / LOSS_PLOT)
         return TrainResult(
             out_dir=self.out_dir, step=step, start_step=start_step, losses=self.losses,
             eval_history=self.eval_history, tokens_seen=self.progress.tokens_seen,

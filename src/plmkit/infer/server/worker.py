@@ -51,11 +51,12 @@ class Job:
         self.control = Control()
 
     def stop_reason(self) -> str | None:
-        """Why this job should stop now (client gone, deadline passed), or None."""
-        if self.cancel.is_set():
-            return "cancelled"
+        """Why this job should stop now (deadline passed, client gone), or None. The deadline is
+        checked first: the request side also sets `cancel` when its deadline fires."""
         if time.monotonic() > self.deadline:
             return "deadline"
+        if self.cancel.is_set():
+            return "cancelled"
         return None
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:

@@ -1,0 +1,84 @@
+"""Co-occurrence token vectors: counts within documents and the window, PPMI, vectors that put
+tokens of the same contexts together, and their use as a fresh model's embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plmkit.data.cooccurrence import cooccurrence_counts, cooccurrence_embeddings, ppmi
+from plmkit.data.shards import prepare
+from plmkit.data.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer]:
+    """Documents where "cat" and "dog" share every context and "car" / "road" have others."""
+    folder = tmp_path_factory.mktemp("cooc")
+    rng = np.random.default_rng(0)
+    pets = ["the {} sat on the mat", "a {} chased the ball", "my {} is sleeping now", "feed the {} at noon"]
+    cars = ["drive the {} on the road", "the {} needs new tyres", "park the {} near the station"]
+    docs = []
+    for _ in range(300):
+        docs.append(rng.choice(pets).format(rng.choice(["cat", "dog"])))
+        docs.append(rng.choice(cars).format(rng.choice(["car", "truck"])))
+    (folder / "corpus.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    vocab = shared_data / "vocab" / "bert-base-uncased-vocab.txt"
+    shards = prepare(folder / "corpus.txt", vocab, folder / "shards", holdout=0.0, progress=False)
+    return shards, Tokenizer.load(vocab)
+
+
+def test_counts_are_symmetric_weighted_and_stay_inside_documents(corpus) -> None:
+    shards, tok = corpus
+    counts, read = cooccurrence_counts([(shards, 1.0)], window=2)
+    assert read > 0 and (counts != counts.T).nnz == 0
+    cat, dog, mat, road = (tok.token_to_id(w) for w in ("cat", "dog", "mat", "road"))
+    assert counts[cat, dog] == 0  # never in one document
+    assert counts[mat, road] == 0  # a pet document and a car document are neighbours, but not one document
+    assert counts[tok.token_to_id("sat"), cat] > 0
+    specials = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    assert all(counts[s].nnz == 0 for s in specials)
+    positive = ppmi(counts)
+    assert positive.nnz > 0 and positive.data.min() > 0
+
+
+def test_tokens_of_the_same_contexts_get_close_vectors(corpus) -> None:
+    shards, tok = corpus
+    vectors, seen = cooccurrence_embeddings([(shards, 1.0)], dim=4, window=3)
+    assert vectors.shape == (tok.vocab_size, 4) and vectors.dtype == np.float32
+    ids = {w: tok.token_to_id(w) for w in ("cat", "dog", "car", "truck")}
+    assert all(seen[i] for i in ids.values()) and not seen[tok.token_to_id("zebra")]
+
+    def cos(a: str, b: str) -> float:
+        x, y = vectors[ids[a]], vectors[ids[b]]
+        return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+    assert cos("cat", "dog") > 0.9 and cos("car", "truck") > 0.9
+    assert cos("cat", "car") < cos("cat", "dog") - 0.5
+    again, _ = cooccurrence_embeddings([(shards, 1.0)], dim=4, window=3)
+    np.testing.assert_array_equal(again, vectors)  # the same vectors on every call
+
+
+def test_pretraining_starts_from_cooccurrence_embeddings(corpus, tmp_path: Path) -> None:
+    from plmkit.config import ConfigError
+    from plmkit.recipes.pretrain import load_config, pretrain
+
+    shards, tok = corpus
+    common = [f"data.path={shards}", "model.num_layers=1", "model.hidden_size=16", "model.num_heads=2",
+              "model.intermediate_size=32", "train.max_steps=1", "train.save_every=0", "train.progress=false",
+              "data.eval_examples=0", "data.max_length=32", "train.batch_size=4", "train.lr=1e-9"]
+    plain = pretrain(load_config("bert-mini", common), tmp_path / "plain")
+    init = pretrain(load_config("bert-mini", common + ["embeddings.init=cooccurrence", "embeddings.window=3"]),
+                    tmp_path / "init")
+    from plmkit.models import load
+
+    a, b = (load(r.final_dir).transformer.emb.tok.weight.detach() for r in (plain, init))
+    cat, dog, zebra = (tok.token_to_id(w) for w in ("cat", "dog", "zebra"))
+    assert torch.equal(a[zebra], b[zebra])  # a token that never occurs keeps its random vector
+    assert torch.nn.functional.cosine_similarity(b[cat], b[dog], dim=0) > 0.9
+    assert abs(float(b[[cat, dog]].std()) - 0.02) < 0.02
+    with pytest.raises(ConfigError, match="init_from"):
+        load_config("bert-mini", common + ["embeddings.init=cooccurrence", f"init_from={plain.final_dir}"])
