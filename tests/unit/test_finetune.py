@@ -421,7 +421,9 @@ def test_finetune_cli_with_yaml_and_set(data, tok_dir, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 4 and summary["metric"] == "accuracy"
     saved = json.loads((tmp_path / "run" / "finetune.json").read_text())["config"]
-    assert saved["train"]["batch_size"] == 4 and saved["train"]["lr"] == 5e-5 and saved["max_length"] == 32
+    assert saved["train"]["batch_size"] == 4 and saved["max_length"] == 32
+    assert saved["auto"] == ["lr", "warmup"]  # chosen for a fresh 64-wide model: plmkit.recipes.defaults
+    assert saved["train"]["lr"] == 3e-4 and saved["warmup_ratio"] == 0.1
     assert main(args[:-2] + ["--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
 
@@ -446,3 +448,23 @@ def test_seq2seq_evaluation_can_forbid_repeated_ngrams(tok_dir):
     assert any(len(set(zip(o, o[1:]))) < len(o) - 1 for o in outputs())  # a random tiny model loops
     for out in outputs(no_repeat_ngram_size=2):
         assert len(set(zip(out, out[1:]))) == len(out) - 1
+
+
+def test_unset_tuning_settings_are_chosen_for_the_model_and_data(data, tok_dir, tmp_path, caplog):
+    """lr, batch, epochs and warmup come from plmkit.recipes.defaults when not given, and are recorded."""
+    from plmkit.recipes import defaults
+
+    assert defaults.learning_rate(768, fresh=False) == 3e-5 and defaults.learning_rate(256, fresh=False) == 1e-4
+    assert defaults.learning_rate(256, fresh=True) == 3e-4 and defaults.learning_rate(768, fresh=True) == 1e-4
+    assert defaults.epochs_for(80, 16) == 60 and defaults.epochs_for(6735, 32) == 3  # at least MIN_STEPS steps
+    assert defaults.epochs_for(67_349, 32) == 2 and defaults.epochs_for(200_000, 32) == 1
+    pretrained = _saved_model("bert-tiny", "masked-lm", tok_dir, tmp_path / "pre")
+    with caplog.at_level("INFO"):
+        result = finetune_classification(model=str(pretrained), train_file=str(data["sst"]), out=str(tmp_path / "run"),
+                                         max_length=32, max_train_examples=40,
+                                         train={"max_steps": 2, "progress": False, "save_every": 0})
+    saved = json.loads((tmp_path / "run" / "finetune.json").read_text())["config"]
+    assert saved["auto"] == ["lr", "batch_size", "warmup"]  # max_steps was given: no epochs chosen
+    assert saved["train"]["lr"] == 1e-4 and saved["train"]["batch_size"] == 16 and saved["warmup_ratio"] == 0.1
+    assert result.train.step == 2
+    assert "chosen for this model and data: lr 0.0001, batch 16, warmup 10%" in caplog.text

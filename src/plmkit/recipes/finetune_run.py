@@ -4,6 +4,7 @@ write the run directory's files (`plmkit.rundir`)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from plmkit.infer.batching import device_of, input_names, pad_id
 from plmkit.models import PretrainedModel, load
 from plmkit.recipes.batches import FeatureBatches
 from plmkit.recipes.best_checkpoint import BestCheckpoint
+from plmkit.recipes.defaults import describe, with_defaults
 from plmkit.recipes.tasks_base import EvalReport, FinetuneConfig
 from plmkit.rundir import (
     BEST_DIR, DEV_PREDICTIONS, DEV_REPORT, RECIPE_FILE, recipe_record, write_recipe, write_report, write_rows,
@@ -28,6 +30,8 @@ from plmkit.train.distributed import current_env
 from plmkit.train.loop import TrainConfig, TrainResult, train
 
 Evaluator = Callable[[PretrainedModel], EvalReport]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +81,8 @@ def run_finetune(task: str, cfg: FinetuneConfig, model: PretrainedModel, tokeniz
         raise ConfigError(f"metric {metric!r} is not a {task} dev metric; choose from {', '.join(metrics)}")
     out = Path(cfg.out)
     resume_from = resolve_resume(out, cfg.resume)
+    cfg = with_defaults(cfg, model.config.hidden_size, len(train_features))
+    log.info(describe(cfg))
     recipe = recipe_record(task, dataclasses.asdict(cfg), pipeline_options)
     main = current_env().is_main
     if main:

@@ -23,6 +23,7 @@ from plmkit.config import ConfigError, from_dict
 from plmkit.errors import UserError
 from plmkit.heads import RECIPE_PIPELINES, recipe_heads
 from plmkit.recipes.adapt import AdaptConfig
+from plmkit.recipes.defaults import AUTO_FIELDS, unset_fields
 from plmkit.rundir import model_dir
 from plmkit.train.loop import TrainConfig
 
@@ -81,11 +82,16 @@ class FinetuneConfig:
     """"auto" (newest checkpoint in out, if any) or a checkpoint path."""
     train: TrainConfig = field(default_factory=default_train)
     """The training loop's settings (train.lr, train.max_steps, train.batch_size, ...)."""
+    auto: list[str] = field(default_factory=list)
+    """Training settings chosen by plmkit for the model and the data (plmkit.recipes.defaults):
+    those of lr, batch_size, epochs, warmup that were not set. Filled in when the config is read."""
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     """Task-adaptive pretraining on the training texts before fine-tuning (adapt.steps > 0; see
     plmkit.recipes.adapt)."""
 
     def __post_init__(self) -> None:
+        if unknown := sorted(set(self.auto) - set(AUTO_FIELDS)):
+            raise ConfigError(f"auto: unknown setting(s) {', '.join(unknown)}; choose from {', '.join(AUTO_FIELDS)}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.patience is not None and self.patience < 1:
@@ -101,7 +107,8 @@ class FinetuneConfig:
 def parse_config(cls: type[C], data: Mapping[str, Any] | C | None = None, **fields: Any) -> C:
     """Build task config `cls` from a dict and/or keyword fields; unknown keys are ConfigError.
 
-    A partial ``train`` mapping is laid over the fine-tuning defaults (`default_train`). A
+    A partial ``train`` mapping is laid over the fine-tuning defaults (`default_train`); the tuning
+    settings it leaves unset are listed in ``auto``, to be chosen for the model and data. A
     training run given as `model` is resolved to its model folder (best/, else final/) here, once.
     """
     if isinstance(data, cls):
@@ -115,6 +122,7 @@ def parse_config(cls: type[C], data: Mapping[str, Any] | C | None = None, **fiel
             train_section = dataclasses.asdict(train_section)
         if not isinstance(train_section, Mapping):
             raise ConfigError(f"train: expected a mapping of loop settings, got {train_section!r}")
+        merged.setdefault("auto", unset_fields(merged, dict(train_section)))
         merged["train"] = {**dataclasses.asdict(default_train()), **train_section}
         cfg = from_dict(cls, merged)
     if Path(cfg.model).is_dir():
