@@ -468,3 +468,18 @@ def test_unset_tuning_settings_are_chosen_for_the_model_and_data(data, tok_dir, 
     assert saved["train"]["lr"] == 1e-4 and saved["train"]["batch_size"] == 16 and saved["warmup_ratio"] == 0.1
     assert result.train.step == 2
     assert "chosen for this model and data: lr 0.0001, batch 16, warmup 10%" in caplog.text
+
+
+def test_frozen_parameters_stay_fixed_and_an_unknown_prefix_is_refused(data, tok_dir, tmp_path):
+    from plmkit.config import ConfigError
+    from plmkit.models import load
+
+    pretrained = _saved_model("bert-tiny", "masked-lm", tok_dir, tmp_path / "pre")
+    common = dict(model=str(pretrained), train_file=str(data["sst"]), max_length=32, max_train_examples=32,
+                  train={"max_steps": 3, "lr": 1e-2, "progress": False, "save_every": 0})
+    finetune_classification(out=str(tmp_path / "run"), freeze=["transformer.emb.tok"], **common)
+    before, after = load(pretrained), load(tmp_path / "run" / "final")
+    assert torch.equal(before.transformer.emb.tok.weight, after.transformer.emb.tok.weight)
+    assert not torch.equal(before.transformer.blocks[0].attn.qkv.weight, after.transformer.blocks[0].attn.qkv.weight)
+    with pytest.raises(ConfigError, match="freeze: no parameter of this model starts with 'encoder.emb'"):
+        finetune_classification(out=str(tmp_path / "bad"), freeze=["encoder.emb"], **common)

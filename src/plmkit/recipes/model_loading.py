@@ -3,7 +3,7 @@ the task) or a preset built from scratch, sized to the tokenizer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,21 @@ def load_model(cfg: FinetuneConfig, head: str, tokenizer: Tokenizer, adapt_texts
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary only "
                          f"{model.config.vocab_size}: use the tokenizer the model was trained with")
+    freeze(model, cfg.freeze)
     return model
+
+
+def freeze(model: PretrainedModel, prefixes: Sequence[str]) -> None:
+    """Keep the parameters whose names start with one of `prefixes` fixed while fine-tuning."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            roots = sorted({".".join(n.split(".")[:3]) for n in names})
+            raise ConfigError(f"freeze: no parameter of this model starts with {prefix!r}; names start with "
+                              f"{', '.join(roots[:12])}, ...")
+    for name, parameter in model.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            parameter.requires_grad_(False)
 
 
 def _load_checkpoint(path: Path, head: str, overrides: dict[str, Any]) -> PretrainedModel:

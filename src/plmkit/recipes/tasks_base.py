@@ -82,6 +82,8 @@ class FinetuneConfig:
     """"auto" (newest checkpoint in out, if any) or a checkpoint path."""
     train: TrainConfig = field(default_factory=default_train)
     """The training loop's settings (train.lr, train.max_steps, train.batch_size, ...)."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameter name prefixes kept fixed while fine-tuning, e.g. [transformer.emb] (the embeddings)."""
     auto: list[str] = field(default_factory=list)
     """Training settings chosen by plmkit for the model and the data (plmkit.recipes.defaults):
     those of lr, batch_size, epochs, warmup that were not set. Filled in when the config is read."""
