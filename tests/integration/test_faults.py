@@ -154,7 +154,7 @@ train(build_model(cfg, "causal-lm"), Stream(), tc, sys.argv[1], resume="auto", c
 
 
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
-    steps, kills = 60, 20
+    steps, kills = 100, 20
     full, run = tmp_path / "full", tmp_path / "run"
     assert subprocess.run([sys.executable, "-c", CHILD, str(full), str(steps)], env=ENV).returncode == 0
     rng = random.Random(1)
@@ -163,7 +163,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         done = ckpt.latest_checkpoint(run)
         target = (int(done.name.split("-")[1]) if done else 0) + rng.randint(1, 2)
         if target >= steps:
-            break
+            break  # (the assertion below reports it)
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(run), str(steps)], env=ENV, stdout=subprocess.PIPE,
                                 text=True)
         for line in proc.stdout:
@@ -173,7 +173,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         proc.kill()
         proc.wait()
         killed += 1
-    assert killed >= 15
+    assert killed == kills  # every kill landed before the run could finish
     assert subprocess.run([sys.executable, "-c", CHILD, str(run), str(steps)], env=ENV,
                           stdout=subprocess.DEVNULL).returncode == 0
     assert history(run) == history(full)

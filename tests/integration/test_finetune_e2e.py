@@ -52,7 +52,7 @@ def test_resumed_finetune_equals_uninterrupted(shared_data, tmp_path):
     common = dict(model="bert-tiny", tokenizer=str(tok), train_file=str(data), dev_file=str(data),
                   model_overrides=TINY, max_length=48, bucket=2)
     train = {"lr": 1e-3, "schedule": "constant", "batch_size": 16, "eval_every": 6, "save_every": 6,
-             "progress": False, "log_every": 1}
+             "progress": False, "log_every": 1, "warmup_steps": 0}
     whole = finetune_classification(out=str(tmp_path / "a"), train={**train, "max_steps": 18}, **common)
     finetune_classification(out=str(tmp_path / "b"), train={**train, "max_steps": 12}, **common)
     resumed = finetune_classification(out=str(tmp_path / "b"), resume="auto", train={**train, "max_steps": 18},
