@@ -118,8 +118,12 @@ def classification_report(
 
 def plot_confusion_matrix(
     matrix: np.ndarray, label_names: Sequence[str], path: str | Path, *, normalize: bool = False,
+    title: str | None = None,
 ) -> Path:
-    """Draw a (C, C) confusion matrix (rows = reference) as a PNG at `path`; returns the path."""
+    """Draw a (C, C) confusion matrix (rows = reference) as a PNG at `path`; returns the path.
+
+    Rows and columns are labelled with `label_names`, the colour bar with what the colours count
+    (examples, or the fraction of each reference class); `title` (e.g. the run's name) heads it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -132,8 +136,11 @@ def plot_confusion_matrix(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(shown, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set(xticks=range(len(label_names)), yticks=range(len(label_names)), xlabel="predicted", ylabel="reference")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046)
+    bar.set_label("fraction of the reference class" if normalize else "examples")
+    ax.set(xticks=range(len(label_names)), yticks=range(len(label_names)), xlabel="predicted label",
+           ylabel="reference label")
+    ax.set_title(f"{title}: confusion matrix" if title else "confusion matrix")
     ax.set_xticklabels(label_names, rotation=45, ha="right")
     ax.set_yticklabels(label_names)
     threshold = shown.max() / 2 if shown.size else 0

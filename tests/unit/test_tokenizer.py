@@ -326,8 +326,8 @@ def test_cli_train_and_encode(shared_data: Path, corpus: list[str], tmp_path: Pa
     tok = Tokenizer.load(out)
     printed = capsys.readouterr().out
     assert str(tok.encode("The king").ids) in printed and "'the'" in printed
-    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"), "--kind", "bpe",
-                        "--vocab-size", "300", "-o", str(tmp_path / "bpe")]) == 2  # a .tsv needs --field
+    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"), "--text-column", "review",
+                        "--kind", "bpe", "--vocab-size", "300", "-o", str(tmp_path / "bpe")]) == 2  # no such column
     assert "dev.tsv" in capsys.readouterr().err
-    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"), "--field", "sentence",
+    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"),  # "sentence": found by name
                         "--kind", "bpe", "--vocab-size", "300", "-o", str(tmp_path / "bpe")]) == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from plmkit.cli_args import add_output
 from plmkit.explain.attention import (
     attention_maps, attention_modules, attention_probabilities, plot_attention, text_attention,
 )
@@ -32,11 +33,12 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("auto", "ig", "attention"), default="auto",
                         help="integrated gradients (classifiers) or attention maps; auto: ig for classifiers")
     parser.add_argument("--target", default=None, help="class name or id to explain (default: the predicted one)")
-    parser.add_argument("--baseline", choices=("pad", "zero"), default="pad")
-    parser.add_argument("--n-steps", type=int, default=50)
+    parser.add_argument("--baseline", choices=("pad", "zero"), default="pad",
+                        help="integrated gradients' starting point: [PAD] embeddings or zero vectors")
+    parser.add_argument("--n-steps", type=int, default=50, help="integrated gradients: interpolation steps")
     parser.add_argument("--layer", type=int, default=-1, help="attention layer to plot (negative counts from the end)")
-    parser.add_argument("-o", "--output", default="explain",
-                        help="folder for attribution.html / attention PNGs: new, empty, or one explain wrote")
+    add_output(parser, "folder for attribution.html / attention PNGs: new, empty, or one explain wrote",
+               required=False, default="explain")
 
 
 def cli_run(args: argparse.Namespace) -> int:

@@ -543,7 +543,7 @@ class _Trainer:
         signum = self.signal or signal.SIGTERM
         where = f"checkpoint {self.last_saved}" if self.last_saved is not None else "no checkpoint (no step done)"
         raise Interrupted(f"{signal.Signals(signum).name}: training stopped after step {step} of "
-                          f"{self.cfg.max_steps}; {where}. Continue with --resume auto (resume='auto')", signum)
+                          f"{self.cfg.max_steps}; {where}. Continue with --resume auto", signum)
 
     def finish(self, started: float, start_step: int, resumed_from: Path | None, stopped: bool) -> TrainResult:
         """Final checkpoint (if the last step was not saved), export to out_dir/final, loss plot."""
