@@ -22,6 +22,7 @@ from plmkit.cli_args import add_device, add_output, add_set, add_text_column, co
 from plmkit.config import ConfigError, apply_overrides
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.heads import default_recipe
+from plmkit.infer.batching import progress
 from plmkit.models import PretrainedModel, load
 from plmkit.outputs import check_output_file
 from plmkit.recipes.finetune import RECIPES, recipe
@@ -69,7 +70,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, task: str | None = No
     """Score the run's model on a labelled file of its task; metrics in ``report.metrics``."""
     chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device,
                                              text_column=text_column)
-    report = chosen.evaluate(model, tokenizer, cfg, chosen.read(cfg, str(data), True))
+    examples = chosen.read(cfg, str(data), True)
+    with progress(f"eval {Path(data).name}"):
+        report = chosen.evaluate(model, tokenizer, cfg, examples)
     if not report.metrics:
         raise ValueError(f"{data}: no references to score against")
     return report

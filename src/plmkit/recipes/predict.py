@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from plmkit.cli_args import add_device, add_output, add_set, add_text_column, column_value
+from plmkit.infer.batching import progress
 from plmkit.outputs import check_output_file
 from plmkit.recipes.evaluate import load_run
 from plmkit.recipes.finetune import RECIPES
@@ -39,7 +40,9 @@ def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, *, task:
     check_output_file(out, inputs=[data])
     chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device,
                                              text_column=text_column)
-    report = chosen.evaluate(model, tokenizer, cfg, chosen.read(cfg, str(data), False))
+    examples = chosen.read(cfg, str(data), False)
+    with progress(f"predict {Path(data).name}"):
+        report = chosen.evaluate(model, tokenizer, cfg, examples)
     write_rows(report.rows, out)
     return report
 

@@ -62,7 +62,7 @@ class FinetuneConfig:
     min_steps: int = 0
     """With epochs: train at least this many steps (small data sets)."""
     warmup_ratio: float | None = None
-    """Warm up over this fraction of train.max_steps (sets train.warmup_steps)."""
+    """Warm up over this fraction of train.max_steps (the same as train.warmup_ratio)."""
     metric: str | None = None
     """Dev metric that picks the best checkpoint and drives early stopping (default: the task's)."""
     patience: int | None = None

@@ -10,6 +10,7 @@ precision / recall / F1 and a confusion-matrix PNG.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +107,18 @@ def label_map_for(cfg: ClassificationConfig, train: list[TextExample], dev: list
     return labels
 
 
+def label_info(train: list[TextExample], dev: list[TextExample], labels: LabelMap) -> dict[str, Any]:
+    """The start block's lines of a classification run: examples per label in training and dev data."""
+    def counts(examples: list[TextExample]) -> str:
+        seen = Counter(e.label for e in examples)
+        return ", ".join(f"{name} {seen.get(name, 0):,}" for name in labels.id2label)
+
+    info = {"labels": f"{len(labels)}: {', '.join(labels.id2label)}", "training examples": counts(train)}
+    if dev:
+        info["dev examples"] = counts(dev)
+    return info
+
+
 def pipeline_options(cfg: ClassificationConfig) -> dict[str, Any]:
     """The text-classification pipeline's options for this config."""
     return {"max_length": cfg.max_length}
@@ -159,7 +172,7 @@ def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = 
         return evaluate_classification(m, tokenizer, cfg, dev)
 
     return run_finetune("classification", cfg, model, tokenizer, features, evaluator if dev else None, METRICS,
-                        pipeline_options(cfg))
+                        pipeline_options(cfg), info=label_info(train_examples, dev, labels))
 
 
 RECIPE = Recipe("classification", ClassificationConfig, finetune_classification, read_examples,
