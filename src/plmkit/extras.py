@@ -32,10 +32,8 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     """Import `module`, or raise MissingExtraError saying which extra to install for `what`."""
     try:
         return importlib.import_module(module)
-    except ImportError as e:
-        if e.name is not None and e.name.split(".")[0] != module.split(".")[0]:
-            raise  # the package is there but broken: show the real error
-        raise MissingExtraError(module.split(".")[0], extra, what) from None
+    except ModuleNotFoundError as e:  # the module, or a package it needs (seqeval needs scikit-learn)
+        raise MissingExtraError((e.name or module).split(".")[0], extra, what) from None
 
 
 def available(module: str) -> bool:

@@ -116,6 +116,7 @@ def learning_curve(cfg: CurveConfig | dict[str, Any] | None = None, **fields: An
     """Run the experiment; returns (and writes to out/curve.json) every run's results."""
     if not isinstance(cfg, CurveConfig):
         cfg = from_dict(CurveConfig, {**dict(cfg or {}), **fields})
+    recipe(cfg.task).check_requirements()
     shapes = {"pretrained": shape_of(cfg.pretrained), "scratch": shape_of(cfg.scratch)}
     differing = [k for k in SHAPE if shapes["pretrained"][k] != shapes["scratch"][k]]
     if differing:

@@ -70,6 +70,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, task: str | None = No
     """Score the run's model on a labelled file of its task; metrics in ``report.metrics``."""
     chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device,
                                              text_column=text_column)
+    chosen.check_requirements()
     examples = chosen.read(cfg, str(data), True)
     with progress(f"eval {Path(data).name}"):
         report = chosen.evaluate(model, tokenizer, cfg, examples)

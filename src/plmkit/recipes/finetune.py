@@ -44,8 +44,11 @@ def recipe(task: str) -> Recipe:
 
 
 def finetune(task: str, config: dict[str, Any] | FinetuneConfig | None = None, **fields: Any) -> FinetuneResult:
-    """Fine-tune for `task` with the fields of its config dataclass."""
-    return recipe(task).finetune(config, **fields)
+    """Fine-tune for `task` with the fields of its config dataclass (a missing metrics extra is
+    reported before anything is trained)."""
+    chosen = recipe(task)
+    chosen.check_requirements()
+    return chosen.finetune(config, **fields)
 
 
 # --------------------------------------------------------------------------- command line

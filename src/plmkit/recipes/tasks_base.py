@@ -21,6 +21,7 @@ import numpy as np
 
 from plmkit.config import ConfigError, from_dict, preset_names
 from plmkit.errors import UserError
+from plmkit.extras import require
 from plmkit.heads import RECIPE_PIPELINES, recipe_heads
 from plmkit.recipes.adapt import AdaptConfig
 from plmkit.rundir import hub_hint, model_dir
@@ -207,6 +208,13 @@ class Recipe:
     in finetune.json, so `plmkit.pipeline` on the run predicts as `plmkit eval` does)."""
     text_column: str | None = "text_column"
     """The config field the command line's --text-column sets; None: the task's files have a fixed layout."""
+    requires: tuple[str, ...] = ()
+    """Modules its dev metrics need (from the ``metrics`` extra), checked before training starts."""
+
+    def check_requirements(self) -> None:
+        """A MissingExtraError naming the extra when a module the task's metrics need is missing."""
+        for module in self.requires:
+            require(module, "metrics", f"{self.name} dev metrics")
 
     @property
     def heads(self) -> tuple[str, ...]:

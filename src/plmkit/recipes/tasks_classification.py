@@ -111,9 +111,9 @@ def label_info(train: list[TextExample], dev: list[TextExample], labels: LabelMa
     """The start block's lines of a classification run: examples per label in training and dev data."""
     def counts(examples: list[TextExample]) -> str:
         seen = Counter(e.label for e in examples)
-        return ", ".join(f"{name} {seen.get(name, 0):,}" for name in labels.id2label)
+        return " | ".join(f"{name}: {seen.get(name, 0):,}" for name in labels.id2label)
 
-    info = {"labels": f"{len(labels)}: {', '.join(labels.id2label)}", "training examples": counts(train)}
+    info = {"labels": f"{len(labels)} ({', '.join(labels.id2label)})", "training examples": counts(train)}
     if dev:
         info["dev examples"] = counts(dev)
     return info
@@ -176,4 +176,4 @@ def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = 
 
 
 RECIPE = Recipe("classification", ClassificationConfig, finetune_classification, read_examples,
-                evaluate_classification, pipeline_options)
+                evaluate_classification, pipeline_options, requires=("sklearn.metrics",))

@@ -252,6 +252,7 @@ def _finetune_translation(cfg: Seq2SeqConfig | dict[str, Any] | None = None, **f
 
 
 SUMMARIZATION = Recipe("summarization", Seq2SeqConfig, finetune_seq2seq, read_pairs, evaluate_seq2seq,
-                       pipeline_options, text_column="source_column")
+                       pipeline_options, text_column="source_column",
+                       requires=("sacrebleu", "rouge_score.rouge_scorer"))
 TRANSLATION = Recipe("translation", Seq2SeqConfig, _finetune_translation, read_pairs, evaluate_seq2seq,
-                     pipeline_options, text_column="source_column")
+                     pipeline_options, text_column="source_column", requires=("sacrebleu", "rouge_score.rouge_scorer"))

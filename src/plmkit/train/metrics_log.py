@@ -107,9 +107,10 @@ Series = dict[str, list[tuple[float, float]]]
 def curve_series(records: list[dict[str, Any]]) -> tuple[list[tuple[float, float]], Series, Series]:
     """(train loss points, eval losses, eval scores) of metrics.jsonl records.
 
-    An eval metric whose name ends in "loss" is a loss; one whose values all lie in [0, 1]
-    (accuracy, F1, precision, recall, ROUGE) is a score; others (perplexity, BLEU) are left out
-    of the plot, which they would flatten (they stay in metrics.jsonl)."""
+    An eval metric whose name ends in "loss" is a loss. A perplexity (a name with "ppl" or
+    "perplexity") restates a loss: it is a loss series only when no loss is logged. Any other
+    metric is a score: in [0, 1] as logged (accuracy, F1, ROUGE), or on a 0-100 scale (BLEU, chrF,
+    SQuAD EM/F1) divided by 100 and named "NAME /100". A metric outside both ranges is left out."""
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
     points: Series = {}
     for r in records:
@@ -119,7 +120,17 @@ def curve_series(records: list[dict[str, Any]]) -> tuple[list[tuple[float, float
             if key not in ("kind", "step") and _finite(value):
                 points.setdefault(key, []).append((r["step"], float(value)))
     losses = {k: v for k, v in points.items() if k.endswith("loss")}
-    scores = {k: v for k, v in points.items() if k not in losses and all(0.0 <= y <= 1.0 for _, y in v)}
+    perplexities = {k: v for k, v in points.items() if k not in losses and ("ppl" in k or "perplexity" in k)}
+    if not losses:
+        losses = perplexities
+    scores: Series = {}
+    for name, values in points.items():
+        if name in losses or name in perplexities:
+            continue
+        if all(0.0 <= y <= 1.0 for _, y in values):
+            scores[name] = values
+        elif all(0.0 <= y <= 100.0 for _, y in values):
+            scores[f"{name} /100"] = [(s, y / 100.0) for s, y in values]
     return train, losses, scores
 
 

@@ -71,8 +71,6 @@ def plan_warnings(plan: Mapping[str, Any]) -> list[str]:
         warnings.append(f"train.max_steps ({steps}) is below the warmup ({warmup} steps): the learning rate never "
                         f"leaves warmup and never reaches train.lr; lower train.warmup_steps or set "
                         f"train.warmup_ratio (e.g. --set train.warmup_ratio=0.1)")
-    if plan.get("epochs") is not None and plan["epochs"] < 0.1 and plan.get("examples", 0) > 0:
-        warnings.append(f"the run sees only {plan['epochs']:.2%} of one pass over its {plan['examples']:,} examples")
     return warnings
 
 
@@ -189,11 +187,20 @@ def source_checkouts() -> dict[str, Any]:
     return found
 
 
+def command_line() -> list[str]:
+    """sys.argv, with the program spelled "plmkit" when it is plmkit's command (the console script,
+    or ``python -m plmkit.cli``)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("plmkit", "cli.py", "__main__.py"):
+        argv[0] = "plmkit"
+    return argv
+
+
 def run_record(previous: Mapping[str, Any] | None, *, resumed: bool, start_step: int,
                inputs: Sequence[str | Path]) -> dict[str, Any]:
     """run.json's "commands", "git" and "inputs": on a resume the earlier commands are kept, and an
     input whose size or hash changed since the run started is logged."""
-    command = {"argv": list(sys.argv), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": start_step}
+    command = {"argv": command_line(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": start_step}
     earlier = list(previous.get("commands", [])) if resumed and previous else []
     if resumed and previous and not earlier and previous.get("command"):  # a run.json of an earlier version
         earlier = [{"argv": previous["command"], "started_at": previous.get("started_at"),
