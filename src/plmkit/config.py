@@ -8,6 +8,7 @@ keys; `apply_overrides` applies dotted ``key=value`` strings (the CLI's ``--set`
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -394,6 +395,8 @@ def format_fields(fields: list[FieldDoc], width: int = 100) -> str:
             default = dataclasses.asdict(item.default) if dataclasses.is_dataclass(item.default) else item.default
             value = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip()
             value = value[:-4].rstrip() if value.endswith("\n...") else value.removesuffix("...").strip()
+            if "\n" in value:  # a string with line breaks: its escaped, one-line form
+                value = json.dumps(default)
         lines.append(f"{item.key} = {value}    [{item.type}]")
         if item.doc:
             lines += textwrap.wrap(item.doc, width, initial_indent="    ", subsequent_indent="    ")

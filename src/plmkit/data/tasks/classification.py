@@ -17,7 +17,8 @@ from typing import Any
 from plmkit.data.tasks.features import TokenizerLike, truncating_backend
 from plmkit.data.tasks.labels import LabelMap
 from plmkit.data.io import (
-    LABEL_COLUMNS, TEXT_COLUMNS, Column, MissingColumnError, TableFormat, find_column, read_table, table_columns,
+    LABEL_COLUMNS, TEXT_COLUMNS, Column, MissingColumnError, TableFormat, detect_format, find_column, read_table,
+    table_columns,
 )
 from plmkit.errors import DataError
 
@@ -51,6 +52,9 @@ def find_columns(path: str | Path, text_column: Column | Sequence[Column] | None
                                               f"--text-column (looked for {', '.join(TEXT_COLUMNS)})")
     if label_column is None:
         label_column = find_column(path, names, LABEL_COLUMNS, "label", "--set label_column=INDEX")
+        if label_column is None and labeled and (fmt or detect_format(path)) == "txt":
+            raise MissingColumnError(path, None, "a .txt file holds one text per line and no labels; give a "
+                                                 "labelled file (.tsv .csv .jsonl .parquet: a text and a label column)")
         if label_column is None and labeled:
             raise MissingColumnError(path, 1, f"no label column among {', '.join(names or [])}: name it with "
                                               f"--set label_column=NAME (looked for {', '.join(LABEL_COLUMNS)})")
