@@ -371,7 +371,8 @@ def _type_text(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if a is type(None) else _type_text(a) for a in args)
     if origin in (list, tuple, dict):
-        return f"{origin.__name__}[{', '.join(_type_text(a) for a in args if a is not Ellipsis)}]" if args else origin.__name__
+        inner = ", ".join(_type_text(a) for a in args if a is not Ellipsis)
+        return f"{origin.__name__}[{inner}]" if args else origin.__name__
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

@@ -192,6 +192,7 @@ def write_report(folder: str | Path, name: str, metrics: Mapping[str, float], de
 
 __all__ = [
     "BEST_DIR", "CONFIG_FILE", "DEV_PREDICTIONS", "DEV_REPORT", "FINAL_DIR", "LOSS_PLOT", "METRICS_FILE",
-    "RECIPE_FILE", "RUN_FILE", "hub_hint", "is_model_dir", "model_dir", "pipeline_options", "read_recipe", "recipe_record",
+    "RECIPE_FILE", "RUN_FILE", "hub_hint", "is_model_dir", "model_dir", "pipeline_options", "read_recipe",
+    "recipe_record",
     "recipe_task", "run_of", "write_json", "write_recipe", "write_report", "write_rows",
 ]

@@ -4,6 +4,7 @@ exact spans, early stopping, the best checkpoint, the batch stream and the eval/
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import zipfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import plmkit
 from plmkit.cli import main
@@ -232,6 +234,32 @@ def test_eval_and_predict_cli(cls_run, data, tmp_path, capsys):
     (bare / "finetune.json").unlink()  # the task comes from its head, the settings from the defaults
     assert main(["eval", str(bare), "--data", str(data["sst"])]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(printed["accuracy"], abs=0.05)
+
+
+def test_a_finetuning_run_records_its_inputs_and_cards_its_models(cls_run, data):
+    record = json.loads((cls_run.out_dir / "run.json").read_text())
+    assert record["inputs"] == [{"path": str(data["sst"]), "size": data["sst"].stat().st_size,
+                                 "sha256": hashlib.sha256(data["sst"].read_bytes()).hexdigest()}]
+    assert record["plan"]["examples"] == 200 and record["plan"]["info"]["labels"] == "2 (negative, positive)"
+    for folder in (cls_run.best_dir, cls_run.final_dir):
+        card = (folder / "README.md").read_text()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["pipeline_tag"] == "text-classification" and "classification" in meta["tags"]
+        scores = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+        assert scores["accuracy"] == pytest.approx(cls_run.dev_metrics["accuracy"], abs=1e-6)
+        assert "labels (in class-id order): negative, positive" in card and "sst.tsv" in card
+    assert "The best dev accuracy was reached at step" in (cls_run.best_dir / "README.md").read_text()
+
+
+def test_predict_reads_a_plain_text_file_and_shows_progress(cls_run, tmp_path, capsys):
+    texts = tmp_path / "new.txt"
+    texts.write_text("a gripping, funny film\nthe plot is a mess\n\nwonderful acting\n")
+    assert main(["predict", str(cls_run.out_dir), "--data", str(texts), "-o", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a gripping, funny film", "the plot is a mess", "wonderful acting"]
+    assert {r["label"] for r in rows} <= {"negative", "positive"}
+    err = capsys.readouterr().err
+    assert "predict new.txt" in err and "3/3" in err
 
 
 # --------------------------------------------------------------------------- NER

@@ -142,3 +142,20 @@ def test_without_pyarrow_the_message_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(MissingExtraError, match=r"reading x\.parquet needs pyarrow, which is not installed: "
                                                 r"pip install 'plmkit\[parquet\]'"):
         list(read_table(path, ["text"]))
+
+
+def test_prepare_tokenizes_parquet_and_datasets_folders(tmp_path):
+    from plmkit.data.shard_set import ShardSet
+    from plmkit.data.shards import prepare
+    from plmkit.data.tokenizer import Tokenizer
+
+    texts = [f"document number {i} has some words in it ." for i in range(30)]
+    Tokenizer.train(texts, kind="wordpiece", vocab_size=120).save(tmp_path / "tok")
+    write_parquet(tmp_path / "a.parquet", {"id": list(range(20)), "text": texts[:20]})
+    write_dataset_folder(tmp_path / "more" / "train", {"sentence": texts[20:]})
+    out = prepare([tmp_path / "a.parquet", tmp_path / "more"], tmp_path / "tok", tmp_path / "shards", holdout=0.0,
+                  progress=False)
+    assert ShardSet.open(out, "train").num_documents == 30
+    again = prepare([tmp_path / "a.parquet", tmp_path / "more"], tmp_path / "tok", tmp_path / "shards", holdout=0.0,
+                    progress=False)  # the same inputs: reused, not rebuilt
+    assert again == out

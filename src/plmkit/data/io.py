@@ -280,7 +280,8 @@ def read_table(
         raise UserError(f"{path}: format {fmt!r} is not a table; use one of {', '.join(FORMATS)}")
 
 
-def _line_table(path: str | Path, columns: Sequence[Column], on_error: OnError | None) -> Iterator[tuple[int, list[Any]]]:
+def _line_table(path: str | Path, columns: Sequence[Column],
+                on_error: OnError | None) -> Iterator[tuple[int, list[Any]]]:
     """A .txt file as a table of one column, "text" (index 0): each non-blank line, stripped."""
     for column in columns:
         if column not in ("text", 0):

@@ -50,8 +50,8 @@ def _arrow_files(path: Path) -> list[Path]:
         except (OSError, ValueError, AttributeError):
             splits = []
         names = ", ".join(map(str, splits)) or "none listed"
-        raise DataError(path, None, f"a DatasetDict folder: name one of its splits, e.g. {path / (splits or ['train'])[0]} "
-                                    f"(splits: {names})")
+        example = path / str((splits or ["train"])[0])
+        raise DataError(path, None, f"a DatasetDict folder: name one of its splits, e.g. {example} (splits: {names})")
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         files = [path / str(entry["filename"]) for entry in state["_data_files"]]

@@ -311,10 +311,12 @@ def _encoded(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, joiner: 
 
 
 def _sources(files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Path, size and modification time of each input (a datasets folder: of the files in it)."""
     out = []
     for f in files:
-        st = f.stat()
-        out.append({"path": str(f.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
+        stats = [p.stat() for p in sorted(f.rglob("*")) if p.is_file()] if f.is_dir() else [f.stat()]
+        out.append({"path": str(f.resolve()), "size": sum(st.st_size for st in stats),
+                    "mtime": max((st.st_mtime_ns for st in stats), default=0)})
     return out
 
 
@@ -355,7 +357,8 @@ def prepare(
     corpus = Corpus(inputs, field=field, column=column, header=header, split_sentences=split_sentences, errors=errors)
     tokenizer = Tokenizer.load(tokenizer_dir)
     token_dtype = _choose_dtype(dtype, tokenizer.vocab_size)
-    options = {"field": field if field is not None else "text", "column": column, "header": header, "split_sentences": split_sentences,
+    options = {"field": field if field is not None else "text", "column": column, "header": header,
+               "split_sentences": split_sentences,
                "errors": errors, "holdout": holdout, "seed": seed, "joiner": joiner,
                "dtype": token_dtype.name, "segmenter": segmenter_name()}
     build = {"sources": _sources(corpus.files), "tokenizer": tokenizer_fingerprint(tokenizer), "options": options}
@@ -422,9 +425,9 @@ def _reusable(out: Path, build: dict[str, Any], build_key: str, overwrite: bool)
 
 def _write_splits(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, tmp: Path, dtype: np.dtype,
                   options: dict[str, Any], workers: int, total: int, progress: bool) -> dict[str, dict[str, int]]:
-    has_gz = any(f.suffix.lower() == ".gz" for f in corpus.files)
+    unsized = any(f.suffix.lower() in (".gz", ".parquet", ".arrow") or f.is_dir() for f in corpus.files)  # binary
     writers = {name: _SplitWriter(tmp / name, dtype) for name in SPLITS}
-    bar = tqdm(total=None if has_gz else total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+    bar = tqdm(total=None if unsized else total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
     next_doc = 0
     try:
         with bar:

@@ -22,6 +22,7 @@ from plmkit.explain.attribution import (
     Attribution, explain_text, integrated_gradients, render_html, render_text, token_embedding,
 )
 from plmkit.outputs import EXPLAIN, claim_output
+from plmkit.rundir import model_dir, run_of
 from plmkit.files import atomic_write_text
 
 
@@ -44,8 +45,6 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
 def cli_run(args: argparse.Namespace) -> int:
     from plmkit.data.tokenizer import Tokenizer
     from plmkit.models import load
-    from plmkit.rundir import model_dir
-
     folder = model_dir(args.run_dir)
     model, tokenizer = load(folder), Tokenizer.load(folder)
     with claim_output(args.output, EXPLAIN, inputs=[args.run_dir]) as claim:  # never over files of yours
@@ -70,7 +69,9 @@ def _explain(model, tokenizer, args: argparse.Namespace, out: Path) -> int:
     if not -layers <= args.layer < layers:
         raise ValueError(f"--layer {args.layer} out of range for a model with {layers} layers")
     layer = args.layer % layers
-    path = plot_attention(maps[layer], tokens, out / f"attention-layer{layer}.png", title=f"layer {layer}")
+    name = run_of(model_dir(args.run_dir)).resolve().name
+    path = plot_attention(maps[layer], tokens, out / f"attention-layer{layer}.png",
+                          title=f"{name}: attention of layer {layer}")
     print(f"wrote {path}")
     return 0
 

@@ -221,7 +221,8 @@ def report_data(out: Path, runs: dict, accuracy: dict[str, float], samples: dict
     return {
         "title": "plmkit demo",
         "subtitle": f"pretraining, fine-tuning and generation on the bundled samples; {summary['minutes']:.1f} min",
-        "headline": [{"label": f"SST-2 dev accuracy, {name}", "value": round(value, 4)} for name, value in accuracy.items()]
+        "headline": [{"label": f"SST-2 dev accuracy, {name}", "value": round(value, 4)}
+                     for name, value in accuracy.items()]
         + [{"label": "BERT held-out MLM loss", "value": round(summary["bert_heldout_mlm_loss"], 4)},
            {"label": "GPT held-out perplexity", "value": round(summary["gpt_heldout_perplexity"], 2)}],
         "comparison": {"title": "SST-2 dev accuracy: pretrained vs from scratch", "metric": "accuracy",

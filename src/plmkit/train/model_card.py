@@ -59,8 +59,10 @@ def card_facts(model_folder: str | Path) -> dict[str, Any]:
     config = _json(folder / CONFIG_FILE)
     recipe = read_recipe(folder) or {}
     plmkit_section = config.get("plmkit", {}) if isinstance(config.get("plmkit"), dict) else {}
-    head = (record.get("model") or {}).get("task") or plmkit_section.get("task")
-    arch = ((record.get("model") or {}).get("config") or {}).get("arch")
+    model_record = record.get("model") or {}
+    model_config = model_record.get("config") or {}
+    head = model_record.get("task") or plmkit_section.get("task")
+    arch = model_config.get("arch")
     task = recipe.get("task")
     try:
         pipeline = pipeline_task(recipe=task) if task else pipeline_task(head=head, arch=arch)
@@ -71,8 +73,8 @@ def card_facts(model_folder: str | Path) -> dict[str, Any]:
     metrics = dict(dev_report.get("metrics") or {}) or _last_eval(run)
     return {
         "name": run.resolve().name, "folder": folder.name, "task": task, "head": head, "pipeline": pipeline,
-        "model_type": config.get("model_type"), "family": ((record.get("model") or {}).get("config") or {}).get("family"),
-        "parameters": (record.get("model") or {}).get("parameters"), "plan": record.get("plan") or {},
+        "model_type": config.get("model_type"), "family": model_config.get("family"),
+        "parameters": model_record.get("parameters"), "plan": record.get("plan") or {},
         "commands": [c.get("argv") for c in record.get("commands", []) if isinstance(c, dict)] or
                     ([record["command"]] if record.get("command") else []),
         "inputs": record.get("inputs") or [], "versions": record.get("versions") or {},
@@ -193,7 +195,8 @@ def _commands(facts: Mapping[str, Any]) -> str:
     if not commands:
         return ""
     text = "\n".join(shlex.join(str(a) for a in argv) for argv in commands)
-    note = "" if len(commands) == 1 else "\n\nThe run was resumed: each command line that started or continued it is listed."
+    note = "" if len(commands) == 1 else \
+        "\n\nThe run was resumed: each command line that started or continued it is listed."
     source = facts["git"].get("plmkit") or {}
     commit = f"\n\nplmkit source: commit {source['commit']}{' (with local changes)' if source.get('dirty') else ''}." \
         if source.get("commit") else ""

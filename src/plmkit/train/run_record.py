@@ -34,7 +34,8 @@ _DIR_FILES = 200
 
 
 def run_plan(cfg: Any, *, out_dir: Path, device: str, precision: str, world_size: int, parameters: int,
-             trainable: int, start_step: int, stream: Any = None, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             trainable: int, start_step: int, stream: Any = None,
+             info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The facts of a run before its first step, as plain data (also kept in run.json).
 
     `cfg` is the TrainConfig; `stream` may describe itself (``describe()`` -> {"examples",

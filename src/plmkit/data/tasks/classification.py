@@ -74,9 +74,9 @@ def read_classification(
     """Read a classification file into examples, one per non-blank row.
 
     `text_column` may list several columns, joined with a space; None finds it by name
-    (`find_columns`). `label_column=None` reads unlabeled data (label ""). A missing column, a malformed row (more or fewer fields than the
-    header), an empty label, or labels written in different JSON types (1 and "1") raise
-    `plmkit.errors.DataError` naming ``file:line``.
+    (`find_columns`). `label_column=None` reads unlabeled data (label ""). A missing column, a
+    malformed row (more or fewer fields than the header), an empty label, or labels written in
+    different JSON types (1 and "1") raise `plmkit.errors.DataError` naming ``file:line``.
 
     Examples: SST-2 ``read_classification("train.tsv")``; ChnSentiCorp
     ``read_classification("train.tsv", "text_a")``; AG News (header ``label,content``)
