@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,19 @@ def test_curve_takes_a_training_run_for_both_models(tmp_path):
     (run / "final" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     cfg = CurveConfig(pretrained=str(run), scratch=str(run), train_file="t", dev_file="d", out=str(tmp_path / "c"))
     assert Path(cfg.pretrained) == run / "final"  # the tokenizer and weights are looked for there
+
+
+def test_a_missing_extra_is_named_before_any_work(tmp_path, monkeypatch):
+    from plmkit.extras import MissingExtraError
+    from plmkit.recipes.demo import run_demo
+    from plmkit.recipes.finetune import finetune
+
+    monkeypatch.setitem(sys.modules, "sklearn.metrics", None)  # as if scikit-learn were not installed
+    with pytest.raises(MissingExtraError, match=r"classification dev metrics needs scikit-learn, which is not "
+                                                r"installed: pip install 'plmkit\[metrics\]'"):
+        finetune("classification", model="bert-tiny", train_file="train.tsv", out=str(tmp_path / "run"))
+    with pytest.raises(MissingExtraError, match=r"plmkit\[metrics\]"):
+        run_demo(tmp_path / "demo")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+    code, err = _run(["finetune", "ner", "--model", "bert-tiny", "--train", "t.txt", "-o", str(tmp_path / "n")])
+    assert code == 2 and "plmkit[metrics]" not in err  # seqeval is there: the error is about the data

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from plmkit.recipes.demo import SAMPLES, bundled_data, report_data
 from plmkit.recipes.report import render_html_report, write_html_report
@@ -128,3 +134,19 @@ def test_demo_samples_ship_as_package_data():
     package_data = pyproject[pyproject.index("[tool.setuptools.package-data]"):]
     assert re.search(r'^plmkit = \[.*"demo_data/\*"', package_data, flags=re.M)
     assert "src/plmkit/demo_data/README.md" in (REPO / "data" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_samples(tmp_path):
+    """`pip install plmkit && plmkit demo` finds its data: the built wheel holds plmkit/demo_data."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(tree), "--no-deps", "--no-build-isolation",
+                           "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    names = zipfile.ZipFile(next((tmp_path / "dist").glob("plmkit-*.whl"))).namelist()
+    for sample in (*SAMPLES, "README.md"):
+        assert f"plmkit/demo_data/{sample}" in names
