@@ -183,8 +183,8 @@ def entity_scores(
     "f1", "per_type": {type: {"precision", "recall", "f1", "support"}}}``.
     """
     metrics = require("seqeval.metrics", "metrics", "entity scores (NER)")
-    scheme = require("seqeval.scheme", "metrics", "entity scores (NER)")
-    IOB2, IOBES = scheme.IOB2, scheme.IOBES  # noqa: N806 (seqeval's names)
+    schemes = require("seqeval.scheme", "metrics", "entity scores (NER)")
+    IOB2, IOBES = schemes.IOB2, schemes.IOBES  # noqa: N806 (seqeval's names)
 
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} reference sentences but {len(predictions)} predicted")

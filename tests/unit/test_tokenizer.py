@@ -261,15 +261,15 @@ def test_train_from_files(corpus: list[str], tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("\n".join(corpus[:300]) + "\n", encoding="utf-8")
     with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as f:
         f.write("\n".join(corpus[300:]) + "\n")
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in corpus[:50]))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"words": t}) + "\n" for t in corpus[:50]))
     from_files = Tokenizer.train([tmp_path / "a.txt", tmp_path / "b.txt.gz"], kind="bpe", vocab_size=500)
     from_texts = Tokenizer.train([t.strip() for t in corpus], kind="bpe", vocab_size=500)  # files: lines stripped
     assert from_files.get_vocab() == from_texts.get_vocab()
     from_strs = Tokenizer.train([str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz")], kind="bpe", vocab_size=500)
     assert from_strs.get_vocab() == from_texts.get_vocab()
-    jsonl = Tokenizer.train(tmp_path / "c.jsonl", kind="wordpiece", vocab_size=300, field_name="body")
+    jsonl = Tokenizer.train(tmp_path / "c.jsonl", kind="wordpiece", vocab_size=300, field_name="words")
     assert jsonl.vocab_size > 100
-    with pytest.raises(ValueError, match=r"c\.jsonl:1"):  # no "text" field
+    with pytest.raises(ValueError, match=r"c\.jsonl:1: no text column among words"):  # not a usual name
         Tokenizer.train(tmp_path / "c.jsonl", kind="wordpiece", vocab_size=300)
     with pytest.raises(ValueError, match="no training text"):
         Tokenizer.train([], kind="wordpiece", vocab_size=300)
