@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from plmkit.config import ModelConfig, model_config
 from plmkit.models import build_model, load
-
-__version__ = "0.1.0"
+from plmkit.version import __version__
 
 
 def pipeline(task: str, model, **kwargs):

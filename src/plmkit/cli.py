@@ -20,7 +20,9 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from plmkit.cli_args import HelpFormatter
 from plmkit.errors import PlmkitError
+from plmkit.version import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("plmkit.data.tokenizer_cli", "train a WordPiece or byte-level BPE tokenizer"),
@@ -34,15 +36,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("plmkit.infer.server", "serve a model over HTTP with a small web page"),
     "explain": ("plmkit.explain", "attention maps and token attributions for a model"),
     "demo": ("plmkit.recipes.demo", "the end-to-end demo on bundled data"),
+    "config": ("plmkit.config_cli", "list the settings of a task (--set KEY=VALUE) with defaults and docs"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plmkit", description="Your own pretrained language models.",
-                                     epilog="--debug (or PLMKIT_DEBUG=1) shows the traceback of any error.")
+                                     epilog="`plmkit COMMAND --help` shows a command's options and their defaults. "
+                                            "--debug (or PLMKIT_DEBUG=1) shows the traceback of any error.")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def version_text() -> str:
+    """"plmkit X (python Y, torch Z)", without importing torch."""
+    import importlib.metadata
+    import platform
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"plmkit {__version__} (python {platform.python_version()}, torch {torch_version})"
+
+
+def command_parser(name: str, module) -> argparse.ArgumentParser:
+    """The parser of one command: its module's arguments, --debug, and the shared help format."""
+    parser = argparse.ArgumentParser(prog=f"plmkit {name}", description=COMMANDS[name][1],
+                                     formatter_class=HelpFormatter)
+    module.cli_configure(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     return parser
 
 
@@ -51,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("PLMKIT_DEBUG", "") not in ("", "0")
     if argv[:1] == ["--debug"]:
         debug, argv = True, argv[1:]
+    if argv[:1] in (["--version"], ["-V"]):
+        print(version_text())
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and argv[0] not in ("-h", "--help"):
@@ -58,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
-    module_name, help_text = COMMANDS[name]
+    module_name, _ = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -66,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plmkit {name}: not available in this version ({e.name} missing)", file=sys.stderr)
             return 2
         raise
-    parser = argparse.ArgumentParser(prog=f"plmkit {name}", description=help_text)
-    module.cli_configure(parser)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
-    args = parser.parse_args(rest)
+    args = command_parser(name, module).parse_args(rest)
     return run_command(name, lambda: module.cli_run(args), debug=debug or args.debug)
 
 

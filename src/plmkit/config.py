@@ -8,6 +8,7 @@ keys; `apply_overrides` applies dotted ``key=value`` strings (the CLI's ``--set`
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,25 +43,35 @@ class ModelConfig:
     family: Literal["bert", "roberta", "albert", "electra", "gpt2", "seq2seq"] = "bert"
     """Checkpoint family, used for Hugging Face export and family-specific details."""
     vocab_size: int = 30522
+    """Tokens in the vocabulary (pretraining and fine-tuning from a preset take it from the tokenizer)."""
     hidden_size: int = 768
+    """Width of every layer (the embedding size too, unless embedding_size says otherwise)."""
     num_layers: int = 12
     """Encoder layers (or decoder layers for a decoder-only model)."""
     num_decoder_layers: int | None = None
     """Decoder layers of an encoder-decoder; None means the same as num_layers."""
     num_heads: int = 12
+    """Attention heads per layer; hidden_size must be divisible by it."""
     intermediate_size: int = 3072
+    """Width of each feed-forward block's hidden layer (usually 4 x hidden_size)."""
     activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
+    """Activation of the feed-forward blocks (gelu_tanh is GPT-2's approximation)."""
     norm: Literal["post", "pre"] = "post"
     """post = BERT (LayerNorm after each residual add); pre = GPT-2 (LayerNorm before each sublayer)."""
     position: Literal["learned", "rotary"] = "learned"
+    """Position information: a learned embedding per position (BERT, GPT-2) or rotary embeddings (RoPE)."""
     max_positions: int = 512
+    """Longest sequence the model accepts (rows of the learned position table)."""
     position_offset: int = 0
     """First position id (RoBERTa's learned positions start at padding_idx + 1 = 2)."""
     type_vocab_size: int = 2
     """Token-type (segment) vocabulary; 0 disables token-type embeddings."""
     dropout: float = 0.1
+    """Dropout on embeddings and after each sublayer during training."""
     attention_dropout: float = 0.1
+    """Dropout on the attention probabilities during training."""
     layer_norm_eps: float = 1e-12
+    """Epsilon of every LayerNorm."""
     tie_embeddings: bool = True
     """Output projection of the LM head shares the input embedding matrix."""
     embedding_size: int | None = None
@@ -73,10 +84,15 @@ class ModelConfig:
     rtd_weight: float = 50.0
     """ELECTRA pretraining: weight of the replaced-token-detection loss next to the generator's MLM loss."""
     rotary_base: float = 10000.0
+    """Rotary positions: the base of the rotation frequencies."""
     initializer_range: float = 0.02
+    """Standard deviation of the normal distribution new weights are drawn from."""
     pad_token_id: int = 0
+    """Id of the padding token (from the tokenizer)."""
     bos_token_id: int | None = None
+    """Id of the token that begins a sequence, if any (from the tokenizer)."""
     eos_token_id: int | None = None
+    """Id of the token that ends a sequence, if any (from the tokenizer); generation stops there."""
     decoder_start_token_id: int | None = None
     """Encoder-decoder: first token fed to the decoder (defaults to bos, then pad)."""
     num_labels: int = 2
@@ -84,7 +100,9 @@ class ModelConfig:
     id2label: dict[int, str] | None = None
     """Class names, kept with the checkpoint."""
     problem_type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    """Sequence classification: one class per text, several (independent sigmoids), or a number."""
     classifier_dropout: float | None = None
+    """Dropout before a classification head; None = dropout."""
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
@@ -197,6 +215,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
+        if isinstance(value, str) and value.strip():  # --set labels=negative,positive
+            value = [part.strip() for part in value.split(",")]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any
@@ -274,6 +294,116 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# --------------------------------------------------------------------------- field documentation
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One settable field of a config, as `plmkit config` lists it."""
+
+    key: str
+    """Dotted key, as --set spells it (train.lr)."""
+    type: str
+    default: Any
+    """The default value; `REQUIRED` when the field has none."""
+    doc: str
+
+
+REQUIRED = object()
+"""The default of a field that must be given."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring of each field of dataclass `cls` (and its bases): the string literal written
+    right below the field in the class body. Fields without one (or a class whose source cannot
+    be read) map to ""."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:] + [None]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                text = ""
+                if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                        and isinstance(after.value.value, str)):
+                    text = inspect.cleandoc(after.value.value)
+                docs[node.target.id] = " ".join(text.split())
+    return docs
+
+
+def describe_fields(cls: type, values: Any = None, prefix: str = "") -> list[FieldDoc]:
+    """Every field of dataclass `cls`, sections (nested dataclasses) expanded to dotted keys, with
+    its type, default (from `values`, an instance or a dict, when given) and docstring."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    out: list[FieldDoc] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if isinstance(values, dict):
+            default = values.get(f.name, _default_of(f))
+        elif values is not None:
+            default = getattr(values, f.name, _default_of(f))
+        else:
+            default = _default_of(f)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out += describe_fields(tp, None if default is REQUIRED else default, f"{prefix}{f.name}.")
+            continue
+        out.append(FieldDoc(prefix + f.name, _type_text(tp), default, docs.get(f.name, "")))
+    return out
+
+
+def _type_text(tp: Any) -> str:
+    """A type as `plmkit config` shows it: "int | None", "one of encoder, decoder"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_text(a) for a in args)
+    if origin in (list, tuple, dict):
+        inner = ", ".join(_type_text(a) for a in args if a is not Ellipsis)
+        return f"{origin.__name__}[{inner}]" if args else origin.__name__
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return REQUIRED
+
+
+def format_fields(fields: list[FieldDoc], width: int = 100) -> str:
+    """`fields` as text: ``key = default  (type)`` and the docstring below, indented."""
+    import textwrap
+
+    lines: list[str] = []
+    for item in fields:
+        if item.default is REQUIRED:
+            value = "(required)"
+        else:
+            default = dataclasses.asdict(item.default) if dataclasses.is_dataclass(item.default) else item.default
+            value = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip()
+            value = value[:-4].rstrip() if value.endswith("\n...") else value.removesuffix("...").strip()
+            if "\n" in value:  # a string with line breaks: its escaped, one-line form
+                value = json.dumps(default)
+        lines.append(f"{item.key} = {value}    [{item.type}]")
+        if item.doc:
+            lines += textwrap.wrap(item.doc, width, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- presets
 
 
@@ -316,10 +446,15 @@ def model_config(name_or_path: str | Path, overrides: list[str] | None = None) -
 
 
 __all__ = [
+    "REQUIRED",
     "ConfigError",
+    "FieldDoc",
     "ModelConfig",
     "apply_overrides",
+    "describe_fields",
     "field",
+    "field_docs",
+    "format_fields",
     "from_dict",
     "load_yaml",
     "model_config",

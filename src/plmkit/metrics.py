@@ -1,5 +1,8 @@
 """Metrics for every fine-tuning task, on the reference libraries where they exist.
 
+scikit-learn, seqeval, sacrebleu and rouge-score come with the ``metrics`` extra (``pip install
+'plmkit[metrics]'``); a missing one is a `plmkit.extras.MissingExtraError` naming it.
+
 Scales follow the reference of each metric: classification, entity and ROUGE scores are
 fractions in [0, 1] (like scikit-learn, seqeval and rouge-score); SQuAD EM/F1, BLEU and chrF
 are in [0, 100] (like the official SQuAD script and sacrebleu).
@@ -26,7 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from plmkit.data.io import is_cjk
+from plmkit.data.sentences import is_cjk
+from plmkit.extras import require
 from plmkit.files import atomic_write
 
 Language = Literal["en", "zh"]
@@ -35,6 +39,10 @@ _ASCII_PUNCTUATION = frozenset(string.punctuation)
 
 
 # ---- classification -------------------------------------------------------------------------
+def _sklearn() -> Any:
+    return require("sklearn.metrics", "metrics", "classification metrics (accuracy, F1, confusion matrix)")
+
+
 def _label_arrays(predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray,
                   num_labels: int | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Predictions, references (flat int arrays) and the class ids to score: 0..num_labels-1, else
@@ -53,7 +61,7 @@ def _label_arrays(predictions: Sequence[int] | np.ndarray, references: Sequence[
 
 def accuracy(predictions: Sequence[int] | np.ndarray, references: Sequence[int] | np.ndarray) -> float:
     """Fraction of predictions equal to their reference."""
-    from sklearn.metrics import accuracy_score
+    accuracy_score = _sklearn().accuracy_score
 
     pred, gold, _ = _label_arrays(predictions, references)
     return float(accuracy_score(gold, pred))
@@ -65,7 +73,7 @@ def confusion_matrix(
     """Counts (C, C): row = reference class, column = predicted class (scikit-learn's layout).
 
     C is `num_labels`, else the largest id seen + 1."""
-    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+    sk_confusion_matrix = _sklearn().confusion_matrix
 
     pred, gold, _ = _label_arrays(predictions, references, num_labels)
     size = num_labels if num_labels is not None else int(max(pred.max(), gold.max())) + 1
@@ -82,7 +90,7 @@ def macro_f1(
     Without `num_labels`, the classes are those seen in the predictions or references
     (scikit-learn's default); with it, all of 0..num_labels-1 count (absent ones as 0).
     """
-    from sklearn.metrics import f1_score
+    f1_score = _sklearn().f1_score
 
     pred, gold, classes = _label_arrays(predictions, references, num_labels)
     return float(f1_score(gold, pred, labels=classes, average="macro", zero_division=0))
@@ -99,7 +107,7 @@ def classification_report(
     Returns ``{"accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class":
     {name: {"precision", "recall", "f1", "support"}}}``; names default to "0", "1", ...
     """
-    from sklearn.metrics import precision_recall_fscore_support
+    precision_recall_fscore_support = _sklearn().precision_recall_fscore_support
 
     pred, gold, _ = _label_arrays(predictions, references, len(label_names) if label_names else None)
     size = len(label_names) if label_names else int(max(pred.max(), gold.max())) + 1
@@ -118,8 +126,21 @@ def classification_report(
 
 def plot_confusion_matrix(
     matrix: np.ndarray, label_names: Sequence[str], path: str | Path, *, normalize: bool = False,
+    title: str | None = None,
 ) -> Path:
-    """Draw a (C, C) confusion matrix (rows = reference) as a PNG at `path`; returns the path."""
+    """Draw a (C, C) confusion matrix (rows = reference) as a PNG at `path`; returns the path.
+
+    Rows and columns are labelled with `label_names`, the colour bar with what the colours count
+    (examples, or the fraction of each reference class); `title` (e.g. the run's name) heads it."""
+    fig = confusion_figure(matrix, label_names, normalize=normalize, title=title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def confusion_figure(matrix: np.ndarray, label_names: Sequence[str], *, normalize: bool = False,
+                     title: str | None = None) -> Any:
+    """The matplotlib Figure `plot_confusion_matrix` saves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -128,12 +149,15 @@ def plot_confusion_matrix(
         raise ValueError(f"matrix shape {matrix.shape} does not match {len(label_names)} label names")
     shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
     size = max(4.0, 0.6 * len(label_names) + 2)
-    fig = Figure(figsize=(size, size))  # drawn by the Agg canvas: no pyplot, no global backend switch
+    fig = Figure(figsize=(size + 1.6, size + 0.4))  # drawn by the Agg canvas: no pyplot, no global backend switch
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(shown, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set(xticks=range(len(label_names)), yticks=range(len(label_names)), xlabel="predicted", ylabel="reference")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046)
+    bar.set_label("fraction of the reference class" if normalize else "examples")
+    ax.set(xticks=range(len(label_names)), yticks=range(len(label_names)), xlabel="predicted label",
+           ylabel="reference label")
+    ax.set_title(f"{title}\nconfusion matrix" if title else "confusion matrix", fontsize=11)
     ax.set_xticklabels(label_names, rotation=45, ha="right")
     ax.set_yticklabels(label_names)
     threshold = shown.max() / 2 if shown.size else 0
@@ -141,9 +165,7 @@ def plot_confusion_matrix(
         ax.text(col, row, f"{value:.2f}" if normalize else str(value), ha="center", va="center",
                 color="white" if value > threshold else "black")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return fig
 
 
 # ---- tagging ----------------------------------------------------------------------------------
@@ -160,8 +182,9 @@ def entity_scores(
     counts only entities well-formed under `scheme`. Returns ``{"precision", "recall",
     "f1", "per_type": {type: {"precision", "recall", "f1", "support"}}}``.
     """
-    from seqeval import metrics
-    from seqeval.scheme import IOB2, IOBES
+    metrics = require("seqeval.metrics", "metrics", "entity scores (NER)")
+    schemes = require("seqeval.scheme", "metrics", "entity scores (NER)")
+    IOB2, IOBES = schemes.IOB2, schemes.IOBES  # noqa: N806 (seqeval's names)
 
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} reference sentences but {len(predictions)} predicted")
@@ -292,7 +315,7 @@ def bleu(
 ) -> float:
     """Corpus BLEU (sacrebleu, 0-100). References: one string or a list of strings per
     hypothesis. `tokenize` defaults to "13a", or "zh" for Chinese."""
-    import sacrebleu
+    sacrebleu = require("sacrebleu", "metrics", "BLEU")
 
     streams = _reference_streams(references, len(hypotheses))
     tokenize = tokenize or ("zh" if language == "zh" else "13a")
@@ -301,7 +324,7 @@ def bleu(
 
 def chrf(hypotheses: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
     """Corpus chrF (sacrebleu, 0-100); references as for `bleu`."""
-    import sacrebleu
+    sacrebleu = require("sacrebleu", "metrics", "chrF")
 
     streams = _reference_streams(references, len(hypotheses))
     return float(sacrebleu.corpus_chrf(list(hypotheses), streams).score)  # type: ignore[arg-type]
@@ -339,7 +362,7 @@ def rouge(
     """Mean ROUGE F-measures in [0, 1] (rouge-score). With several references per hypothesis
     the best-scoring one counts. Chinese is scored on characters (`CharTokenizer`);
     `use_stemmer` applies to English only."""
-    from rouge_score import rouge_scorer
+    rouge_scorer = require("rouge_score.rouge_scorer", "metrics", "ROUGE")
 
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference entries")

@@ -87,7 +87,7 @@ RUN = OutputKind("run", "a training run folder (plmkit pretrain / finetune)",
                  legacy=_is_legacy_run, keeps=("adapt",))
 DEMO = OutputKind("demo", "the demo's folder (plmkit demo)",
                   ("tok-wordpiece", "tok-bpe", "shards-bert", "shards-gpt", "bert", "gpt", "sst2-pretrained",
-                   "sst2-from-scratch", "summary.json"))
+                   "sst2-from-scratch", "summary.json", "report.html"))
 EXPLAIN = OutputKind("explain", "an explanation folder (plmkit explain)", ("attribution.html", "attention-layer*.png"))
 KINDS = {k.name: k for k in (SHARDS, TOKENIZER, RUN, DEMO, EXPLAIN)}
 

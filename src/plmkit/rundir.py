@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,21 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def hub_hint(name: str | Path) -> str:
+    """For a path that does not exist and reads like a Hugging Face Hub id ("bert-base-uncased",
+    "org/model"), the sentence that says plmkit reads local folders only; else ""."""
+    text = str(name)
+    path = Path(text)
+    if path.exists() or not _HUB_NAME.fullmatch(text) or ("/" in text and path.parent.exists()):
+        return ""
+    return (f" {text!r} looks like a Hugging Face Hub name: plmkit reads models and tokenizers from local folders "
+            f"only and cannot fetch from the Hub. Download it first (e.g. `huggingface-cli download {text} "
+            f"--local-dir models/{path.name}`) and pass that folder")
+
+
 def model_dir(path: str | Path) -> Path:
     """The model a path means: a run's best/, else its final/, else the folder itself (a model directory).
 
@@ -61,7 +77,7 @@ def model_dir(path: str | Path) -> Path:
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such run or model directory (a model directory holds {CONFIG_FILE}; "
-                                f"a run, {BEST_DIR}/ or {FINAL_DIR}/)")
+                                f"a run, {BEST_DIR}/ or {FINAL_DIR}/).{hub_hint(path)}")
     for candidate in (folder / BEST_DIR, folder / FINAL_DIR, folder):
         if is_model_dir(candidate):
             return candidate
@@ -157,9 +173,10 @@ def write_rows(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 
 
 def write_report(folder: str | Path, name: str, metrics: Mapping[str, float], details: Mapping[str, Any],
-                 label_names: Sequence[str] | None = None) -> Path:
+                 label_names: Sequence[str] | None = None, title: str | None = None) -> Path:
     """FOLDER/NAME.json with metrics and details; for a classifier (details hold a
-    "confusion_matrix" and `label_names` are known) also FOLDER/NAME_confusion.png."""
+    "confusion_matrix" and `label_names` are known) also FOLDER/NAME_confusion.png, headed by
+    `title` (default: the folder's name)."""
     folder = Path(folder)
     path = write_json(folder / f"{name}.json", {"metrics": dict(metrics), **details})
     matrix = details.get("confusion_matrix")
@@ -168,12 +185,14 @@ def write_report(folder: str | Path, name: str, metrics: Mapping[str, float], de
 
         from plmkit.metrics import plot_confusion_matrix
 
-        plot_confusion_matrix(np.asarray(matrix), list(label_names), folder / f"{name}_confusion.png")
+        plot_confusion_matrix(np.asarray(matrix), list(label_names), folder / f"{name}_confusion.png",
+                              title=title or folder.resolve().name)
     return path
 
 
 __all__ = [
     "BEST_DIR", "CONFIG_FILE", "DEV_PREDICTIONS", "DEV_REPORT", "FINAL_DIR", "LOSS_PLOT", "METRICS_FILE",
-    "RECIPE_FILE", "RUN_FILE", "is_model_dir", "model_dir", "pipeline_options", "read_recipe", "recipe_record",
+    "RECIPE_FILE", "RUN_FILE", "hub_hint", "is_model_dir", "model_dir", "pipeline_options", "read_recipe",
+    "recipe_record",
     "recipe_task", "run_of", "write_json", "write_recipe", "write_report", "write_rows",
 ]

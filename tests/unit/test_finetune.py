@@ -4,6 +4,7 @@ exact spans, early stopping, the best checkpoint, the batch stream and the eval/
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import zipfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import plmkit
 from plmkit.cli import main
@@ -234,6 +236,32 @@ def test_eval_and_predict_cli(cls_run, data, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(printed["accuracy"], abs=0.05)
 
 
+def test_a_finetuning_run_records_its_inputs_and_cards_its_models(cls_run, data):
+    record = json.loads((cls_run.out_dir / "run.json").read_text())
+    assert record["inputs"] == [{"path": str(data["sst"]), "size": data["sst"].stat().st_size,
+                                 "sha256": hashlib.sha256(data["sst"].read_bytes()).hexdigest()}]
+    assert record["plan"]["examples"] == 200 and record["plan"]["info"]["labels"] == "2 (negative, positive)"
+    for folder in (cls_run.best_dir, cls_run.final_dir):
+        card = (folder / "README.md").read_text()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["pipeline_tag"] == "text-classification" and "classification" in meta["tags"]
+        scores = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+        assert scores["accuracy"] == pytest.approx(cls_run.dev_metrics["accuracy"], abs=1e-6)
+        assert "labels (in class-id order): negative, positive" in card and "sst.tsv" in card
+    assert "The best dev accuracy was reached at step" in (cls_run.best_dir / "README.md").read_text()
+
+
+def test_predict_reads_a_plain_text_file_and_shows_progress(cls_run, tmp_path, capsys):
+    texts = tmp_path / "new.txt"
+    texts.write_text("a gripping, funny film\nthe plot is a mess\n\nwonderful acting\n")
+    assert main(["predict", str(cls_run.out_dir), "--data", str(texts), "-o", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a gripping, funny film", "the plot is a mess", "wonderful acting"]
+    assert {r["label"] for r in rows} <= {"negative", "positive"}
+    err = capsys.readouterr().err
+    assert "predict new.txt" in err and "3/3" in err
+
+
 # --------------------------------------------------------------------------- NER
 
 
@@ -450,7 +478,7 @@ def test_seq2seq_evaluation_can_forbid_repeated_ngrams(tok_dir):
         assert len(set(zip(out, out[1:]))) == len(out) - 1
 
 
-def test_unset_tuning_settings_are_chosen_for_the_model_and_data(data, tok_dir, tmp_path, caplog):
+def test_unset_tuning_settings_are_chosen_for_the_model_and_data(data, tok_dir, tmp_path, capsys):
     """lr, batch, epochs and warmup come from plmkit.recipes.defaults when not given, and are recorded."""
     from plmkit.recipes import defaults
 
@@ -459,15 +487,15 @@ def test_unset_tuning_settings_are_chosen_for_the_model_and_data(data, tok_dir, 
     assert defaults.epochs_for(80, 16) == 60 and defaults.epochs_for(6735, 32) == 3  # at least MIN_STEPS steps
     assert defaults.epochs_for(67_349, 32) == 2 and defaults.epochs_for(200_000, 32) == 1
     pretrained = _saved_model("bert-tiny", "masked-lm", tok_dir, tmp_path / "pre")
-    with caplog.at_level("INFO"):
-        result = finetune_classification(model=str(pretrained), train_file=str(data["sst"]), out=str(tmp_path / "run"),
-                                         max_length=32, max_train_examples=40,
-                                         train={"max_steps": 2, "progress": False, "save_every": 0})
+    result = finetune_classification(model=str(pretrained), train_file=str(data["sst"]), out=str(tmp_path / "run"),
+                                     max_length=32, max_train_examples=40,
+                                     train={"max_steps": 2, "progress": False, "save_every": 0})
     saved = json.loads((tmp_path / "run" / "finetune.json").read_text())["config"]
     assert saved["auto"] == ["lr", "batch_size", "warmup"]  # max_steps was given: no epochs chosen
     assert saved["train"]["lr"] == 1e-4 and saved["train"]["batch_size"] == 16 and saved["warmup_ratio"] == 0.1
     assert result.train.step == 2
-    assert "chosen for this model and data: lr 0.0001, batch 16, warmup 10%" in caplog.text
+    start = " ".join(capsys.readouterr().err.split())  # the start block, columns collapsed
+    assert "chosen for this model and data lr 0.0001, batch 16, warmup 10%" in start
 
 
 def test_frozen_parameters_stay_fixed_and_an_unknown_prefix_is_refused(data, tok_dir, tmp_path):

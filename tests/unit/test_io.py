@@ -139,7 +139,10 @@ def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_field_and_column_errors(tmp_path: Path) -> None:
     f = write(tmp_path / "c.jsonl", '{"body": "a"}\n')
     with pytest.raises(CorpusError, match=r"c\.jsonl:1: missing field 'text': fields are body"):
-        list(Corpus(f))
+        list(Corpus(f, field="text"))
+    g = write(tmp_path / "g.jsonl", '{"id": 1, "note": "a"}\n')
+    with pytest.raises(CorpusError, match=r"g\.jsonl:1: no text column among id, note; name it with --text-column"):
+        list(Corpus(g))
     tsv = write(tmp_path / "c.tsv", "label\tsentence\n1\tok\n2\n")
     with pytest.raises(CorpusError, match=r"c\.tsv:1: no column 'text' in the header \(columns: label, sentence\)"):
         list(Corpus(tsv, column="text"))

@@ -378,7 +378,7 @@ def test_unlocatable_answer_is_an_error(bert: Tokenizer) -> None:
     with pytest.raises(ValueError, match="question x1: none of its answers"):
         encode_qa([example], bert)
     assert len(encode_qa([example], bert, with_labels=False)) == 1
-    with pytest.raises(ValueError, match=r"stride=16 must be below the 14 context tokens .* \(2 tokens\)"):
+    with pytest.raises(ValueError, match=r"doc_stride \(16\) must be below the 14 context tokens .* \(2 tokens\)"):
         encode_qa([example], bert, max_length=19, stride=16)
 
 

@@ -261,15 +261,15 @@ def test_train_from_files(corpus: list[str], tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("\n".join(corpus[:300]) + "\n", encoding="utf-8")
     with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as f:
         f.write("\n".join(corpus[300:]) + "\n")
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in corpus[:50]))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"words": t}) + "\n" for t in corpus[:50]))
     from_files = Tokenizer.train([tmp_path / "a.txt", tmp_path / "b.txt.gz"], kind="bpe", vocab_size=500)
     from_texts = Tokenizer.train([t.strip() for t in corpus], kind="bpe", vocab_size=500)  # files: lines stripped
     assert from_files.get_vocab() == from_texts.get_vocab()
     from_strs = Tokenizer.train([str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz")], kind="bpe", vocab_size=500)
     assert from_strs.get_vocab() == from_texts.get_vocab()
-    jsonl = Tokenizer.train(tmp_path / "c.jsonl", kind="wordpiece", vocab_size=300, field_name="body")
+    jsonl = Tokenizer.train(tmp_path / "c.jsonl", kind="wordpiece", vocab_size=300, field_name="words")
     assert jsonl.vocab_size > 100
-    with pytest.raises(ValueError, match=r"c\.jsonl:1"):  # no "text" field
+    with pytest.raises(ValueError, match=r"c\.jsonl:1: no text column among words"):  # not a usual name
         Tokenizer.train(tmp_path / "c.jsonl", kind="wordpiece", vocab_size=300)
     with pytest.raises(ValueError, match="no training text"):
         Tokenizer.train([], kind="wordpiece", vocab_size=300)
@@ -326,8 +326,8 @@ def test_cli_train_and_encode(shared_data: Path, corpus: list[str], tmp_path: Pa
     tok = Tokenizer.load(out)
     printed = capsys.readouterr().out
     assert str(tok.encode("The king").ids) in printed and "'the'" in printed
-    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"), "--kind", "bpe",
-                        "--vocab-size", "300", "-o", str(tmp_path / "bpe")]) == 2  # a .tsv needs --field
+    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"), "--text-column", "review",
+                        "--kind", "bpe", "--vocab-size", "300", "-o", str(tmp_path / "bpe")]) == 2  # no such column
     assert "dev.tsv" in capsys.readouterr().err
-    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"), "--field", "sentence",
+    assert plmkit_main(["tokenizer", "train", str(shared_data / "sst2" / "dev.tsv"),  # "sentence": found by name
                         "--kind", "bpe", "--vocab-size", "300", "-o", str(tmp_path / "bpe")]) == 0

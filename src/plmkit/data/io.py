@@ -7,154 +7,53 @@ here, with one encoding policy and one error type:
   leading byte-order mark is dropped; lines split on "\\n" only (U+2028 inside a line stays).
 - `detect_format`: the format from the suffix (``.gz`` looked through): txt, jsonl (.jsonl,
   .ndjson), csv, tsv (.tsv, .tab), json (.json holding an array; a .json file of JSON Lines,
-  as many datasets ship them, reads as jsonl).
-- `read_table`: the requested columns of each record of a csv / tsv / jsonl / json file.
-- `Corpus`: documents (lists of sentences) of files, directories and glob patterns.
+  as many datasets ship them, reads as jsonl), parquet, and arrow (a Hugging Face `datasets`
+  folder from ``save_to_disk``, or an .arrow file): those two via `plmkit.data.io_arrow`.
+- `read_table`: the requested columns of each record of a csv / tsv / jsonl / json / parquet /
+  arrow file; a .txt file is a table of one column, "text", one row per non-blank line.
+- `table_columns` and `find_column`: a file's column names, and the text (or label) column found
+  by its usual names (`TEXT_COLUMNS`, `LABEL_COLUMNS`) when none is given.
 
 Bad input is a `plmkit.errors.DataError` whose message starts with ``file:line:`` and then
 ``REASON: detail`` (invalid UTF-8, invalid JSON, not a JSON object, missing field, invalid
 Unicode, malformed row, malformed CSV, ...). A reader given ``on_error`` hands it each
 row-level error instead of raising (the corpus's ``errors="skip"`` counts them by REASON).
 
-Corpus inputs:
-
-- ``.txt`` (and any unknown suffix): a blank line ends a document; each other line is a
-  sentence, or is split into sentences with ``split_sentences=True``.
-- ``.jsonl``: one JSON object per line, one document per object; the text is in ``field``
-  (a string, whose lines are sentences, or a list of strings).
-- ``.json``: one JSON array of such objects (read whole: meant for small files).
-- ``.csv`` / ``.tsv``: one document per row, the text in ``column`` (a 0-based index or a
-  header name; ``field`` names the header when ``column`` is None).
-
-A corpus without any text is an error. Files are read line by line, so a corpus larger than
-memory streams through (except ``.json`` arrays).
+The corpus readers (`Corpus`, `expand_inputs`, `read_documents`) live in `plmkit.data.corpus`
+and are importable from here too.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import json
 import re
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plmkit.data.io_arrow import COLUMNAR_FORMATS, columnar_names, columnar_records, is_dataset_folder
+from plmkit.data.sentences import CJK_CHARS, is_cjk, split_sentences
 from plmkit.errors import DataError, UserError
 
-Document = list[str]
-"""A document: its sentences, in order."""
-
-ErrorPolicy = Literal["strict", "skip"]
 OnError = Callable[[DataError], None]
 """Called with each row-level error instead of raising it (the row is then skipped)."""
 Column = str | int
-TableFormat = Literal["csv", "tsv", "jsonl", "json"]
-FORMATS = ("txt", "jsonl", "json", "csv", "tsv")
-_SUFFIX_FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-                   ".tsv": "tsv", ".tab": "tsv"}
-_MAX_SKIP_EXAMPLES = 5
-
-CorpusError = DataError
-"""Errors of corpus files: `plmkit.errors.DataError` (the name is kept for callers)."""
-
+TableFormat = Literal["csv", "tsv", "jsonl", "json", "txt", "parquet", "arrow"]
+FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet", "arrow")
+SUFFIX_FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                   ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".arrow": "arrow"}
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body", "comment", "tweet", "text_a",
+                "utterance", "message", "description", "article", "abstract")
+"""Names of a text column, in order of preference, when none is given."""
+LABEL_COLUMNS = ("label", "labels", "class", "category", "sentiment", "polarity", "target", "y")
+"""Names of a label column, in order of preference, when none is given."""
 
 class MissingColumnError(DataError):
     """A column or field the reader was asked for is not in the file (its header or a record)."""
-
-
-@dataclass
-class ReadStats:
-    """What one pass over a corpus read and skipped."""
-
-    files: int = 0
-    documents: int = 0
-    sentences: int = 0
-    bytes: int = 0
-    """UTF-8 bytes of sentence text yielded (after decompression)."""
-    skipped: dict[str, int] = field(default_factory=dict)
-    """Reason -> number of lines/rows skipped (``errors="skip"``)."""
-    examples: list[str] = field(default_factory=list)
-    """The first few skipped locations with their messages."""
-    empty_files: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for logs: counts, and what was skipped."""
-        text = f"{self.files} files, {self.documents} documents, {self.sentences} sentences"
-        if self.skipped:
-            text += "; skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(self.skipped.items()))
-        return text
-
-
-# ---------------------------------------------------------------------------------------------
-# Sentence splitting
-
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al fig figs no nos vol pp ed eds inc ltd co corp "
-    "gen col lt sgt capt gov sen rep rev jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k".split()
-)
-_TERMINAL = re.compile(r"[.!?。！？]+[\"'”’」』）)\]]*")
-_CJK_TERMINAL = re.compile(r"[。！？]")
-_NON_SPACE = re.compile(r"\S")
-_WORD_WINDOW = 64
-"""Characters looked back for the word before a period (abbreviations are far shorter)."""
-
-
-CJK_CHARS = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002f800-\U0002fa1f]")
-"""CJK ideographs (the characters BERT tokenizes one by one)."""
-
-
-def is_cjk(char: str) -> bool:
-    """True for a CJK ideograph."""
-    return CJK_CHARS.match(char) is not None
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split text into sentences at ``. ! ?`` (English) and ``。！？`` (Chinese).
-
-    Chinese terminators always end a sentence (closing quotes stay with it). English ones end
-    a sentence only before whitespace followed by something other than a lowercase letter (or
-    directly before a CJK character), and a period does not end one after a common
-    abbreviation (``Mr.``, ``e.g.``) or a single-letter initial (``H. americanus``).
-    """
-    sentences: list[str] = []
-    start = 0
-    for match in _TERMINAL.finditer(text):
-        end = match.end()
-        if _is_boundary(text, match, end):
-            piece = text[start:end].strip()
-            if piece:
-                sentences.append(piece)
-            start = end
-    rest = text[start:].strip()
-    if rest:
-        sentences.append(rest)
-    return sentences
-
-
-def _is_boundary(text: str, match: re.Match[str], end: int) -> bool:
-    if _CJK_TERMINAL.search(match.group()):
-        return True
-    if end >= len(text):
-        return False
-    if is_cjk(text[end]):
-        return True
-    if not text[end].isspace():
-        return False
-    following = _NON_SPACE.search(text, end)  # (searched, not sliced: long lines stay linear)
-    if following and following.group().islower():
-        return False
-    if "!" in match.group() or "?" in match.group():
-        return True
-    before = text[max(0, match.start() - _WORD_WINDOW): match.start()].rsplit(None, 1)
-    word = before[-1].lstrip("(\"'“‘").lower() if before else ""
-    if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,14 +117,16 @@ def detect_format(path: str | Path, default: str | None = None) -> str:
     An unknown suffix gives `default`, or a UserError when there is none.
     """
     path = Path(path)
+    if is_dataset_folder(path):
+        return "arrow"
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
-    kind = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+    kind = SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
     if kind is None:
         if default is None:
-            raise UserError(f"{path}: cannot tell the format from the suffix; give it as one of "
-                            "csv, tsv, jsonl, json")
+            raise UserError(f"{path}: cannot tell the format from the suffix; name it, e.g. --set format=tsv "
+                            f"({', '.join(FORMATS)})")
         return default
     if kind == "json" and path.is_file() and _first_char(path) not in ("[", ""):
         return "jsonl"
@@ -371,8 +272,66 @@ def read_table(
         yield from _json_table(path, columns, fmt, on_error)
     elif fmt in ("csv", "tsv"):
         yield from _delimited_table(path, columns, fmt, header, column_names, on_error)
+    elif fmt == "txt":
+        yield from _line_table(path, columns, on_error)
+    elif fmt in COLUMNAR_FORMATS:
+        yield from _columnar_table(path, columns, fmt)
     else:
-        raise UserError(f"{path}: format {fmt!r} is not a table; use csv, tsv, jsonl or json")
+        raise UserError(f"{path}: format {fmt!r} is not a table; use one of {', '.join(FORMATS)}")
+
+
+def _line_table(path: str | Path, columns: Sequence[Column],
+                on_error: OnError | None) -> Iterator[tuple[int, list[Any]]]:
+    """A .txt file as a table of one column, "text" (index 0): each non-blank line, stripped."""
+    for column in columns:
+        if column not in ("text", 0):
+            raise MissingColumnError(path, None, f"no column {column!r}: a .txt file holds one text per line "
+                                                 "(its one column is \"text\")")
+    for number, line in text_lines(path, on_error):
+        if line.strip():
+            yield number, [line.strip()] * len(columns)
+
+
+def _columnar_table(path: str | Path, columns: Sequence[Column], fmt: str) -> Iterator[tuple[int, list[Any]]]:
+    names = columnar_names(path, fmt)
+    wanted = [names[column_index(path, c, names)] if isinstance(c, int) else c for c in columns]
+    for c in wanted:
+        if c not in names:
+            raise MissingColumnError(path, None, f"no column {c!r} (columns: {', '.join(names)})")
+    for row, record in columnar_records(path, fmt, list(dict.fromkeys(wanted))):
+        yield row, [record[c] for c in wanted]
+
+
+def table_columns(path: str | Path, fmt: str | None = None, header: bool = True,
+                  column_names: Sequence[str] | None = None) -> list[str] | None:
+    """The column names of a table file: its header (or `column_names`), the keys of its first JSON
+    record, its Parquet / Arrow schema, or ["text"] for a .txt file; None when it has no names."""
+    fmt = fmt or detect_format(path)
+    if column_names is not None:
+        return list(column_names)
+    if fmt == "txt":
+        return ["text"]
+    if fmt in COLUMNAR_FORMATS:
+        return columnar_names(path, fmt)
+    if fmt in ("csv", "tsv"):
+        first = next(delimited_rows(path, fmt), None) if header else None
+        return [name.strip() for name in first[1]] if first is not None else None
+    for _, record in json_records(path, fmt):
+        return list(record) if isinstance(record, dict) else None
+    return None
+
+
+def find_column(path: str | Path, names: Sequence[str] | None, candidates: Sequence[str], what: str,
+                flag: str) -> str | None:
+    """The first of `candidates` among a file's column `names` (exact, else ignoring case); None
+    when none is there. A file without column names is a UserError that asks for `flag`."""
+    if names is None:
+        raise UserError(f"{path}: no header to find the {what} column by name; give it with {flag} (an index)")
+    for candidate in candidates:
+        if candidate in names:
+            return candidate
+    lowered = {name.lower(): name for name in names}
+    return next((lowered[c] for c in candidates if c in lowered), None)
 
 
 def _json_table(path: str | Path, columns: Sequence[Column], fmt: str,
@@ -380,7 +339,7 @@ def _json_table(path: str | Path, columns: Sequence[Column], fmt: str,
     report = on_error or _raise
     for number, record in json_records(path, fmt, on_error):
         if not isinstance(record, dict):
-            report(DataError(path, number, f"not a JSON object: got {_json_kind(record)}"))
+            report(DataError(path, number, f"not a JSON object: got {json_kind(record)}"))
             continue
         missing = [c for c in columns if c not in record]
         if missing:
@@ -390,7 +349,7 @@ def _json_table(path: str | Path, columns: Sequence[Column], fmt: str,
         yield number, [record[c] for c in columns]
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
@@ -436,170 +395,23 @@ def column_index(path: str | Path, column: Column, names: Sequence[str] | None) 
     return list(names).index(column)
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def expand_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Files named by paths, directories (recursive, known suffixes only) and glob patterns.
-
-    Raises FileNotFoundError for a path that does not exist or a pattern/directory without
-    corpus files.
-    """
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    if not items:
-        raise UserError("no corpus inputs given")
-    files: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_corpus_file(p))
-            if not found:
-                raise FileNotFoundError(f"{path}: directory has no corpus files ({_suffix_list()})")
-            files.extend(found)
-        elif glob.has_magic(str(item)):
-            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
-            if not found:
-                raise FileNotFoundError(f"{item}: pattern matches no files")
-            files.extend(found)
-        else:
-            raise FileNotFoundError(f"{path}: corpus file not found")
-    return list(dict.fromkeys(files))  # drop duplicates, keep order
-
-
-def _suffix_list() -> str:
-    return ", ".join(sorted(_SUFFIX_FORMATS)) + " (optionally .gz)"
-
-
-def _is_corpus_file(path: Path) -> bool:
-    if any(part.startswith(".") for part in path.parts[-1:]):
-        return False
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return bool(suffixes) and suffixes[-1] in _SUFFIX_FORMATS
-
-
-# ---------------------------------------------------------------------------------------------
-# The corpus
-
-
-class Corpus:
-    """A lazily read corpus: iterate to get documents; :attr:`stats` describes the last pass.
-
-    Args:
-        inputs: files, directories or glob patterns (see the module docstring).
-        field: JSON field (``.jsonl``/``.json``), and CSV header name when ``column`` is None.
-        column: CSV/TSV column, a 0-based index or a header name.
-        header: whether CSV/TSV files start with a header row.
-        split_sentences: split lines into sentences (see :func:`split_sentences`).
-        errors: ``"strict"`` raises the DataError of the first bad line; ``"skip"`` skips bad
-            lines/rows and counts them in ``stats.skipped`` by reason.
-        format: force one reader for every file (``"auto"`` decides by suffix).
-    """
-
-    def __init__(
-        self,
-        inputs: str | Path | Sequence[str | Path],
-        *,
-        field: str = "text",
-        column: int | str | None = None,
-        header: bool = True,
-        split_sentences: bool = False,
-        errors: ErrorPolicy = "strict",
-        format: str = "auto",
-    ) -> None:
-        if errors not in ("strict", "skip"):
-            raise ValueError(f"errors must be 'strict' or 'skip', got {errors!r}")
-        if format != "auto" and format not in FORMATS:
-            raise ValueError(f"format must be 'auto' or one of {', '.join(FORMATS)}, got {format!r}")
-        self.files = expand_inputs(inputs)
-        self.field = field
-        self.column = column
-        self.header = header
-        self.split = split_sentences
-        self.errors: ErrorPolicy = errors
-        self.format = format
-        self.stats = ReadStats()
-
-    def __iter__(self) -> Iterator[Document]:
-        self.stats = ReadStats()
-        for path in self.files:
-            self.stats.files += 1
-            before = self.stats.documents
-            for doc in self._read_file(path):
-                self.stats.documents += 1
-                self.stats.sentences += len(doc)
-                self.stats.bytes += sum(len(s.encode("utf-8")) for s in doc)
-                yield doc
-            if self.stats.documents == before:
-                self.stats.empty_files.append(str(path))
-        if self.stats.documents == 0:
-            where = self.files[0] if len(self.files) == 1 else f"{len(self.files)} files"
-            detail = f" ({self.stats.summary()})" if self.stats.skipped else ""
-            raise DataError(where, None, f"empty corpus, no text found{detail}")
-
-    def _read_file(self, path: Path) -> Iterator[Document]:
-        kind = detect_format(path, default="txt") if self.format == "auto" else self.format
-        if kind == "txt":
-            return self._read_txt(path)
-        if kind in ("jsonl", "json"):
-            return self._read_json(path, kind)
-        return self._read_table(path, kind)
-
-    def _bad(self, error: DataError) -> None:
-        """Raise, or count a skipped line, per the error policy."""
-        if self.errors == "strict":
-            raise error
-        reason = error.reason.partition(": ")[0]
-        self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
-        if len(self.stats.examples) < _MAX_SKIP_EXAMPLES:
-            self.stats.examples.append(str(error))
-
-    def _sentences(self, text: str) -> list[str]:
-        out: list[str] = []
-        for line in text.split("\n"):
-            line = line.strip()
-            if line:
-                out.extend(split_sentences(line) if self.split else [line])
-        return out
-
-    def _read_txt(self, path: Path) -> Iterator[Document]:
-        doc: Document = []
-        for _, line in text_lines(path, self._bad):
-            if line.strip():
-                doc.extend(self._sentences(line))
-            elif doc:
-                yield doc
-                doc = []
-        if doc:
-            yield doc
-
-    def _read_json(self, path: Path, kind: str) -> Iterator[Document]:
-        for number, (value,) in read_table(path, [self.field], fmt=kind, on_error=self._bad):
-            texts = [value] if isinstance(value, str) else value
-            if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
-                self._bad(DataError(path, number, f"field {self.field!r} is not text: got {_json_kind(value)}"))
-                continue
-            doc = [s for v in texts for s in self._sentences(v)]
-            if doc:
-                yield doc
-
-    def _read_table(self, path: Path, kind: str) -> Iterator[Document]:
-        if not self.header and not isinstance(self.column, int):
-            raise UserError(f"{path}: a column given by name needs a header row; give an index")
-        column = self.column if self.column is not None else self.field
-        for _, (text,) in read_table(path, [column], fmt=kind, header=self.header, on_error=self._bad):
-            doc = self._sentences(text)
-            if doc:
-                yield doc
-
-
-def read_documents(inputs: str | Path | Sequence[str | Path], **options: Any) -> Iterator[Document]:
-    """Documents of a corpus, lazily (options as for :class:`Corpus`)."""
-    return iter(Corpus(inputs, **options))
-
-
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+_CORPUS_NAMES = ("Corpus", "CorpusError", "Document", "ErrorPolicy", "ReadStats", "expand_inputs", "read_documents")
+
+
+def __getattr__(name: str) -> Any:
+    """The corpus readers, from `plmkit.data.corpus` (imported on first use: it builds on this module)."""
+    if name in _CORPUS_NAMES:
+        from plmkit.data import corpus
+
+        return getattr(corpus, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CJK_CHARS", "FORMATS", "LABEL_COLUMNS", "SUFFIX_FORMATS", "TEXT_COLUMNS", "Column", "MissingColumnError",
+    "OnError", "TableFormat", "column_index", "decode_line", "delimited_rows", "detect_format", "find_column",
+    "is_cjk", "is_dataset_folder", "json_kind", "json_records", "parse_json", "raw_lines", "read_table",
+    "split_sentences", "table_columns", "text_lines", *_CORPUS_NAMES,
+]

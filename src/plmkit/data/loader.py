@@ -104,6 +104,13 @@ class PretrainingStream:
             if close is not None:
                 close()
 
+    def describe(self) -> dict[str, Any]:
+        """What the training loop's start block and run.json say of this data: examples per epoch,
+        tokens per example (at most), the objective, and the shard folders read."""
+        folders = [str(p.shards.path) for p in getattr(self.objective, "parts", [self.objective])]
+        return {"examples": len(self.objective), "tokens_per_example": self.objective.max_length,
+                "what": f"{self.objective.name} examples from {', '.join(folders)}", "inputs": folders}
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable position: the next batch is ``position`` of ``epoch``."""
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.seed,

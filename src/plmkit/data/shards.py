@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from plmkit.cli_args import add_deprecated, add_output, add_text_column, column_value
 from plmkit.data.io import CJK_CHARS, Corpus, Document, ErrorPolicy
 from plmkit.data.shard_set import (FORMAT, SPECIAL_ROLES, VERSION, ShardSet, SpecialIds, tokenizer_fingerprint,
                                    unigram_baseline)
@@ -310,10 +311,12 @@ def _encoded(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, joiner: 
 
 
 def _sources(files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Path, size and modification time of each input (a datasets folder: of the files in it)."""
     out = []
     for f in files:
-        st = f.stat()
-        out.append({"path": str(f.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
+        stats = [p.stat() for p in sorted(f.rglob("*")) if p.is_file()] if f.is_dir() else [f.stat()]
+        out.append({"path": str(f.resolve()), "size": sum(st.st_size for st in stats),
+                    "mtime": max((st.st_mtime_ns for st in stats), default=0)})
     return out
 
 
@@ -322,7 +325,7 @@ def prepare(
     tokenizer_dir: str | Path,
     out_dir: str | Path,
     *,
-    field: str = "text",
+    field: str | None = None,
     column: int | str | None = None,
     header: bool = True,
     split_sentences: bool = False,
@@ -354,7 +357,8 @@ def prepare(
     corpus = Corpus(inputs, field=field, column=column, header=header, split_sentences=split_sentences, errors=errors)
     tokenizer = Tokenizer.load(tokenizer_dir)
     token_dtype = _choose_dtype(dtype, tokenizer.vocab_size)
-    options = {"field": field, "column": column, "header": header, "split_sentences": split_sentences,
+    options = {"field": field if field is not None else "text", "column": column, "header": header,
+               "split_sentences": split_sentences,
                "errors": errors, "holdout": holdout, "seed": seed, "joiner": joiner,
                "dtype": token_dtype.name, "segmenter": segmenter_name()}
     build = {"sources": _sources(corpus.files), "tokenizer": tokenizer_fingerprint(tokenizer), "options": options}
@@ -421,9 +425,9 @@ def _reusable(out: Path, build: dict[str, Any], build_key: str, overwrite: bool)
 
 def _write_splits(corpus: Corpus, tokenizer: Tokenizer, tokenizer_path: str, tmp: Path, dtype: np.dtype,
                   options: dict[str, Any], workers: int, total: int, progress: bool) -> dict[str, dict[str, int]]:
-    has_gz = any(f.suffix.lower() == ".gz" for f in corpus.files)
+    unsized = any(f.suffix.lower() in (".gz", ".parquet", ".arrow") or f.is_dir() for f in corpus.files)  # binary
     writers = {name: _SplitWriter(tmp / name, dtype) for name in SPLITS}
-    bar = tqdm(total=None if has_gz else total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+    bar = tqdm(total=None if unsized else total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
     next_doc = 0
     try:
         with bar:
@@ -482,31 +486,38 @@ def _say(enabled: bool, message: str) -> None:
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+",
-                        help="corpus files, folders or glob patterns (.txt .jsonl .json .csv .tsv, .gz)")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or vocab file")
-    parser.add_argument("-o", "--output", required=True, help="shard folder to write")
-    parser.add_argument("--field", default="text", help="JSON field holding the text (default: text)")
-    parser.add_argument("--column", default=None, help="CSV/TSV column: 0-based index or header name")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="corpus files, folders or glob patterns (.txt .jsonl .json .csv .tsv .parquet, .gz; "
+                             "Hugging Face datasets folders)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer folder or vocab file (or a model folder / training run: its tokenizer)")
+    add_output(parser, "shard folder to write: new, empty, or one prepare wrote")
+    add_text_column(parser)
+    add_deprecated(parser, "--field", "--text-column", default=None)
+    add_deprecated(parser, "--column", "--text-column", default=None)
     parser.add_argument("--no-header", dest="header", action="store_false", help="CSV/TSV files have no header row")
     parser.add_argument("--split-sentences", action="store_true", help="split lines into sentences (. ! ? 。！？)")
     parser.add_argument("--errors", choices=("strict", "skip"), default="strict",
                         help="bad lines: stop with an error (strict) or skip and count them")
     parser.add_argument("--holdout", type=float, default=0.01,
-                        help="fraction of documents held out for eval (default 0.01)")
+                        help="fraction of documents held out for evaluation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(8, CPUs))")
-    parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto",
+                        help="token id type on disk: auto = uint16 when every id fits")
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild when the output holds other shards (a folder is replaced only when plmkit "
                              "made it and it holds nothing else)")
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    column: int | str | None = args.column
-    if isinstance(column, str) and column.isdigit():
-        column = int(column)
-    prepare(args.inputs, args.tokenizer, args.output, field=args.field, column=column, header=args.header,
+    field, column = args.field, column_value(args.column)
+    text_column = column_value(args.text_column)
+    if isinstance(text_column, int):
+        column = text_column
+    elif text_column is not None:
+        field = text_column
+    prepare(args.inputs, args.tokenizer, args.output, field=field, column=column, header=args.header,
             split_sentences=args.split_sentences, errors=args.errors, holdout=args.holdout, seed=args.seed,
             workers=args.workers, dtype=args.dtype, overwrite=args.overwrite)
     return 0

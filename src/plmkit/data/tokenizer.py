@@ -39,6 +39,7 @@ from tokenizers import Encoding as _RustEncoding
 from tokenizers import Tokenizer as _RustTokenizer
 
 from plmkit.files import atomic_write_text
+from plmkit.rundir import BEST_DIR, FINAL_DIR, hub_hint
 
 ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -293,14 +294,16 @@ class Tokenizer:
         """
         path = Path(path)
         if path.is_dir():
-            for name in ("tokenizer.json", "vocab.txt", "vocab.json"):
-                if (path / name).is_file():
-                    tokenizer = cls.load(path / name, lowercase=lowercase, merges=merges)
-                    tokenizer.source = path
-                    return tokenizer
-            raise FileNotFoundError(f"{path}: no tokenizer.json, vocab.txt or vocab.json + merges.txt in this folder")
+            for folder in (path, path / BEST_DIR, path / FINAL_DIR):  # a training run: its model's tokenizer
+                for name in ("tokenizer.json", "vocab.txt", "vocab.json"):
+                    if (folder / name).is_file():
+                        tokenizer = cls.load(folder / name, lowercase=lowercase, merges=merges)
+                        tokenizer.source = folder
+                        return tokenizer
+            raise FileNotFoundError(f"{path}: no tokenizer.json, vocab.txt or vocab.json + merges.txt in this folder"
+                                    f" (nor in its {BEST_DIR}/ or {FINAL_DIR}/)")
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such tokenizer file or folder")
+            raise FileNotFoundError(f"{path}: no such tokenizer file or folder.{hub_hint(path)}")
         if path.suffix == ".json":
             data = _read_json(path)
             if isinstance(data, dict) and isinstance(data.get("model"), dict):
@@ -350,8 +353,9 @@ class Tokenizer:
 
         ``files_or_iter``: a path (file, folder or glob), a list of `os.PathLike` or of existing
         file paths, or any other iterable of texts (a list of strings that are not all existing
-        files is taken as texts). Files are read by `plmkit.data.io.Corpus`: .txt lines, .gz,
-        .jsonl/.json field or .tsv/.csv column ``field_name`` (default "text").
+        files is taken as texts). Files are read by `plmkit.data.corpus.Corpus`: .txt lines, .gz,
+        .jsonl/.json field or .tsv/.csv/.parquet column ``field_name`` (default: found by its
+        name, see `plmkit.data.io.TEXT_COLUMNS`).
         ``kind``: "wordpiece" (style "bert") or "bpe" (style "gpt2", the default, or "roberta").
         ``lowercase`` defaults to True for WordPiece, False for BPE. ``special_tokens`` replaces
         the style's list (roles are found by name; the rest become extra special tokens).
@@ -677,5 +681,5 @@ def _file_lines(paths: Any, field_name: str | None) -> Iterator[str]:
     """The sentences (lines) of a corpus read by `plmkit.data.io.Corpus`."""
     from plmkit.data.io import Corpus
 
-    corpus = Corpus(paths if isinstance(paths, (list, tuple)) else [paths], field=field_name or "text")
+    corpus = Corpus(paths if isinstance(paths, (list, tuple)) else [paths], field=field_name)
     return (sentence for doc in corpus for sentence in doc if sentence.strip())

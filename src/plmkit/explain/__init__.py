@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from plmkit.cli_args import add_output
 from plmkit.explain.attention import (
     attention_maps, attention_modules, attention_probabilities, plot_attention, text_attention,
 )
@@ -21,6 +22,7 @@ from plmkit.explain.attribution import (
     Attribution, explain_text, integrated_gradients, render_html, render_text, token_embedding,
 )
 from plmkit.outputs import EXPLAIN, claim_output
+from plmkit.rundir import model_dir, run_of
 from plmkit.files import atomic_write_text
 
 
@@ -32,18 +34,17 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("auto", "ig", "attention"), default="auto",
                         help="integrated gradients (classifiers) or attention maps; auto: ig for classifiers")
     parser.add_argument("--target", default=None, help="class name or id to explain (default: the predicted one)")
-    parser.add_argument("--baseline", choices=("pad", "zero"), default="pad")
-    parser.add_argument("--n-steps", type=int, default=50)
+    parser.add_argument("--baseline", choices=("pad", "zero"), default="pad",
+                        help="integrated gradients' starting point: [PAD] embeddings or zero vectors")
+    parser.add_argument("--n-steps", type=int, default=50, help="integrated gradients: interpolation steps")
     parser.add_argument("--layer", type=int, default=-1, help="attention layer to plot (negative counts from the end)")
-    parser.add_argument("-o", "--output", default="explain",
-                        help="folder for attribution.html / attention PNGs: new, empty, or one explain wrote")
+    add_output(parser, "folder for attribution.html / attention PNGs: new, empty, or one explain wrote",
+               required=False, default="explain")
 
 
 def cli_run(args: argparse.Namespace) -> int:
     from plmkit.data.tokenizer import Tokenizer
     from plmkit.models import load
-    from plmkit.rundir import model_dir
-
     folder = model_dir(args.run_dir)
     model, tokenizer = load(folder), Tokenizer.load(folder)
     with claim_output(args.output, EXPLAIN, inputs=[args.run_dir]) as claim:  # never over files of yours
@@ -68,7 +69,9 @@ def _explain(model, tokenizer, args: argparse.Namespace, out: Path) -> int:
     if not -layers <= args.layer < layers:
         raise ValueError(f"--layer {args.layer} out of range for a model with {layers} layers")
     layer = args.layer % layers
-    path = plot_attention(maps[layer], tokens, out / f"attention-layer{layer}.png", title=f"layer {layer}")
+    name = run_of(model_dir(args.run_dir)).resolve().name
+    path = plot_attention(maps[layer], tokens, out / f"attention-layer{layer}.png",
+                          title=f"{name}: attention of layer {layer}")
     print(f"wrote {path}")
     return 0
 

@@ -132,7 +132,7 @@ def plot_attention(weights: Tensor, tokens: list[str], path: str | Path, *, key_
         ax.set_xticks(range(w.size(2)), key_tokens or tokens, rotation=90, fontsize=7)
         ax.set_yticks(range(w.size(1)), tokens, fontsize=7)
         ax.set_title(f"head {h}" if heads > 1 else (title or "attention"), fontsize=9)
-    fig.colorbar(image, ax=fig.axes, shrink=0.6)
+    fig.colorbar(image, ax=fig.axes, shrink=0.6).set_label("attention weight")
     if title and heads > 1:
         fig.suptitle(title)
     out = Path(path)

@@ -8,18 +8,23 @@ Evaluation (`plmkit eval` / `predict`, the dev evaluation during fine-tuning) an
   segment vocabulary (type_vocab_size > 1), so GPT, RoBERTa and seq2seq never see them.
 - `position_limit`, `pad_id`, `eos_id`, `special_ids`, `label_names`: one definition each.
 - `map_sorted`: run a function over batches of items of similar length (least padding), results
-  in item order, with a cancellation checkpoint (`plmkit.infer.control`) before each batch.
+  in item order, with a cancellation checkpoint (`plmkit.infer.control`) before each batch, and
+  a progress bar inside a `progress(...)` block (`plmkit eval`, `predict`, dev evaluations).
 - `run_batches`: a model over feature dicts that way, in eval mode, without autograd.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from plmkit.data.tasks.features import collate
 from plmkit.infer.control import checkpoint
@@ -106,22 +111,46 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int
         yield order[start: start + batch_size]
 
 
+_PROGRESS: ContextVar[tuple[str, bool] | None] = ContextVar("plmkit_progress", default=None)
+
+
+@contextmanager
+def progress(description: str, leave: bool = True) -> Iterator[None]:
+    """Show a progress bar (stderr) for the batched work inside the block: the first `map_sorted`
+    reached counts its items under `description` (work nested in it shows no bar of its own)."""
+    token = _PROGRESS.set((description, leave))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def map_sorted(items: Sequence[T], lengths: Sequence[int], batch_size: int,
                fn: Callable[[list[T]], Sequence[R]]) -> list[R]:
     """``fn`` over batches of items of similar length; one result per item, in item order.
 
     ``fn(batch)`` returns one result per item of the batch. Before each batch, a controlled
-    caller (the server) may cancel (`plmkit.infer.control.checkpoint`).
+    caller (the server) may cancel (`plmkit.infer.control.checkpoint`). Inside `progress(...)`
+    a bar counts the items done.
     """
-    results: list[Any] = [None] * len(items)
-    for chunk in sorted_batches(lengths, batch_size):
-        checkpoint()
-        outputs = fn([items[i] for i in chunk])
-        if len(outputs) != len(chunk):
-            raise RuntimeError(f"a batch of {len(chunk)} gave {len(outputs)} results")
-        for i, out in zip(chunk, outputs):
-            results[i] = out
-    return results
+    shown = _PROGRESS.get()
+    token = _PROGRESS.set(None)  # nested batched work: no second bar
+    bar = tqdm(total=len(items), desc=shown[0] if shown else None, unit="ex", leave=shown[1] if shown else False,
+               dynamic_ncols=True, file=sys.stderr, disable=shown is None or not items)
+    try:
+        results: list[Any] = [None] * len(items)
+        for chunk in sorted_batches(lengths, batch_size):
+            checkpoint()
+            outputs = fn([items[i] for i in chunk])
+            if len(outputs) != len(chunk):
+                raise RuntimeError(f"a batch of {len(chunk)} gave {len(outputs)} results")
+            for i, out in zip(chunk, outputs):
+                results[i] = out
+            bar.update(len(chunk))
+        return results
+    finally:
+        bar.close()
+        _PROGRESS.reset(token)
 
 
 def run_batches(model: nn.Module, features: Sequence[Feature], batch_size: int, pad: int,
@@ -153,5 +182,5 @@ def mean_loss(model: nn.Module, features: Sequence[Feature], batch_size: int, pa
 
 __all__ = [
     "device_of", "eos_id", "input_names", "label_names", "map_sorted", "mean_loss", "model_batch", "pad_id",
-    "position_limit", "run_batches", "sorted_batches", "special_ids",
+    "position_limit", "progress", "run_batches", "sorted_batches", "special_ids",
 ]

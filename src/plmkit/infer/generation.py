@@ -413,20 +413,27 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", metavar="RUN_DIR",
                         help="training run (its best/, else final/, model) or model directory")
     parser.add_argument("prompt", help="the prompt (an encoder-decoder's source text)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--min-new-tokens", type=int, default=0)
-    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default unless sampling options)")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--min-p", type=float, default=None)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--no-repeat-ngram", type=int, default=0, help="forbid repeating n-grams of this size")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
+    parser.add_argument("--min-new-tokens", type=int, default=0, help="fewest tokens before end-of-text may come")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature; 0 = greedy (default: greedy, or 1 with --top-k/--top-p/--min-p)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling: the most likely tokens up to this probability mass (default: off)")
+    parser.add_argument("--min-p", type=float, default=None,
+                        help="drop tokens less likely than this fraction of the top token's probability (default: off)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = no beam search)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam search: > 1 favours longer outputs, < 1 shorter")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="divide the scores of tokens already present by this (1 = off)")
+    parser.add_argument("--no-repeat-ngram", type=int, default=0,
+                        help="forbid repeating n-grams of this size (0 = off)")
     parser.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop strings (cut before them)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a random one)")
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weights: fp32, bf16, or int8 / int4 (CPU, fastest at batch 1)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="weights: fp32, bf16, or int8 / int4 (CPU, fastest at batch 1) (default: as saved)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step")
 
 

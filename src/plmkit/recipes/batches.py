@@ -75,6 +75,10 @@ class FeatureBatches:
         """Batches per epoch on each process."""
         return -(-len(self.features) // self.global_batch)
 
+    def describe(self) -> dict[str, Any]:
+        """What the training loop's start block says of this data: its examples (rows) per epoch."""
+        return {"examples": len(self.features)}
+
     def shard(self, rank: int, world_size: int) -> None:
         """Read only this rank's slice of each global batch (called once by the training loop)."""
         if world_size < 1 or not 0 <= rank < world_size:

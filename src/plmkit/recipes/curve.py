@@ -1,11 +1,11 @@
 """Learning curves: how much does pretraining help with few labels?
 
-    plmkit curve --pretrained runs/bert --scratch-preset bert-small --train sst2/train.tsv \\
+    plmkit curve --pretrained runs/bert --scratch runs/bert --train sst2/train.tsv \\
         --dev sst2/dev.tsv --fractions 0.01,0.1,1 -o runs/curve --set recipe.train.lr=5.0e-5
 
 For each fraction of the training labels, fine-tunes the pretrained checkpoint and a model of
-the same shape initialized at random (a preset / YAML file, or a checkpoint directory whose
-config is reused without its weights), both with the pretrained model's tokenizer and the
+the same shape initialized at random (a checkpoint folder or training run whose shape is reused
+without its weights, or a preset / YAML file), both with the pretrained model's tokenizer and the
 same seed, for `epochs` passes over that fraction (at least `min_steps` steps). Writes
 OUT/curve.json (every run's dev metrics) and OUT/curve.png. Runs already finished (their
 run_summary.json exists) are read back instead of trained again.
@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plmkit.cli_args import add_option, add_output, add_set
 from plmkit.config import ConfigError, apply_overrides, from_dict, load_yaml
 from plmkit.files import atomic_write
 from plmkit.recipes.finetune import RECIPES, recipe
 from plmkit.recipes.model_loading import source_config
-from plmkit.rundir import write_json
+from plmkit.rundir import hub_hint, model_dir, write_json
 
 log = logging.getLogger(__name__)
 SHAPE = ("arch", "hidden_size", "num_layers", "num_decoder_layers", "num_heads", "intermediate_size", "max_positions")
@@ -36,9 +37,10 @@ class CurveConfig:
     """A learning-curve experiment (see the module docstring)."""
 
     pretrained: str
-    """Checkpoint directory of the pretrained model (its tokenizer serves both models)."""
+    """Checkpoint folder or training run of the pretrained model (its tokenizer serves both models)."""
     scratch: str
-    """Preset, YAML file or checkpoint directory giving the from-scratch model's shape."""
+    """The from-scratch model's shape: a checkpoint folder or training run (its config, not its
+    weights), or a preset / YAML file."""
     train_file: str
     """Training data of the task."""
     dev_file: str
@@ -64,7 +66,9 @@ class CurveConfig:
         if self.task not in RECIPES:
             raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(RECIPES)}")
         if not Path(self.pretrained).is_dir():
-            raise FileNotFoundError(f"--pretrained {self.pretrained}: no such checkpoint directory")
+            raise FileNotFoundError(f"--pretrained {self.pretrained}: no such checkpoint folder or training run."
+                                    f"{hub_hint(self.pretrained)}")
+        self.pretrained = str(model_dir(self.pretrained))  # a training run: its best/, else final/
 
 
 def shape_of(model: str) -> dict[str, Any]:
@@ -112,6 +116,7 @@ def learning_curve(cfg: CurveConfig | dict[str, Any] | None = None, **fields: An
     """Run the experiment; returns (and writes to out/curve.json) every run's results."""
     if not isinstance(cfg, CurveConfig):
         cfg = from_dict(CurveConfig, {**dict(cfg or {}), **fields})
+    recipe(cfg.task).check_requirements()
     shapes = {"pretrained": shape_of(cfg.pretrained), "scratch": shape_of(cfg.scratch)}
     differing = [k for k in SHAPE if shapes["pretrained"][k] != shapes["scratch"][k]]
     if differing:
@@ -139,7 +144,9 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
     fractions = [r["fraction"] for r in results["runs"]]
     if max(fractions) / min(fractions) >= 10:
         ax.set_xscale("log")
-    ax.set(xlabel="fraction of training labels", ylabel=f"dev {results['metric']}", title=results["task"])
+    name = Path(results["config"]["out"]).name
+    ax.set(xlabel="fraction of training labels", ylabel=f"dev {results['metric']}",
+           title=f"{name}: {results['task']}, pretrained vs from scratch")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -148,17 +155,18 @@ def plot_curve(results: dict[str, Any], path: Path) -> Path:
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="classification", choices=list(RECIPES))
-    parser.add_argument("--pretrained", required=True, help="pretrained checkpoint directory")
-    parser.add_argument("--scratch-preset", required=True, dest="scratch",
-                        help="preset, YAML or checkpoint directory of the from-scratch model's shape")
-    parser.add_argument("--train", required=True, dest="train_file")
-    parser.add_argument("--dev", required=True, dest="dev_file")
+    parser.add_argument("--task", default="classification", choices=list(RECIPES), help="the fine-tuning task")
+    parser.add_argument("--pretrained", required=True, metavar="MODEL",
+                        help="the pretrained model: a checkpoint folder or training run (its best/, else final/)")
+    add_option(parser, "--scratch", deprecated=("--scratch-preset",), required=True, metavar="MODEL",
+               help="the from-scratch model's shape: a checkpoint folder or training run (its config is used, "
+                    "not its weights) or a preset name / YAML file")
+    parser.add_argument("--train", required=True, dest="train_file", metavar="FILE", help="labelled training file")
+    parser.add_argument("--dev", required=True, dest="dev_file", metavar="FILE", help="labelled dev file")
     parser.add_argument("--fractions", default="0.01,0.1,1", help="comma-separated fractions of the training labels")
-    parser.add_argument("-o", "--out", required=True)
-    parser.add_argument("--config", help="YAML file of CurveConfig fields")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="e.g. --set recipe.text_column=text --set scratch_recipe.train.lr=1.0e-3 --set epochs=5")
+    add_output(parser, "folder of the runs, curve.json and curve.png")
+    parser.add_argument("--config", help="YAML file of CurveConfig fields (`plmkit config curve` lists them)")
+    add_set(parser, "--set recipe.text_column=text --set scratch_recipe.train.lr=1.0e-3 --set epochs=5")
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -169,9 +177,9 @@ def cli_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--fractions: expected numbers separated by commas, got {args.fractions!r}") from None
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
     data.update(task=args.task, pretrained=args.pretrained, scratch=args.scratch, train_file=args.train_file,
-                dev_file=args.dev_file, out=args.out, fractions=fractions)
+                dev_file=args.dev_file, out=args.output, fractions=fractions)
     results = learning_curve(apply_overrides(data, args.overrides))
     for run in results["runs"]:
         print(f"{run['model']:>10}  fraction {run['fraction']:<6g} {run['metric']} = {run['value']:.4f}")
-    print(f"wrote {Path(args.out) / 'curve.json'} and {Path(args.out) / 'curve.png'}")
+    print(f"wrote {Path(args.output) / 'curve.json'} and {Path(args.output) / 'curve.png'}")
     return 0

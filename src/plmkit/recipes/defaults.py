@@ -41,7 +41,7 @@ def unset_fields(data: dict[str, Any], train_section: dict[str, Any]) -> list[st
     """Which of AUTO_FIELDS a config dict leaves to the rule."""
     given = {"lr": "lr" in train_section, "batch_size": "batch_size" in train_section,
              "epochs": "max_steps" in train_section or data.get("epochs") is not None,
-             "warmup": "warmup_steps" in train_section or data.get("warmup_ratio") is not None}
+             "warmup": bool({"warmup_steps", "warmup_ratio"} & set(train_section)) or data.get("warmup_ratio") is not None}
     return [name for name in AUTO_FIELDS if not given[name]]
 
 
@@ -79,9 +79,7 @@ def with_defaults(cfg: FinetuneConfig, hidden_size: int, examples: int) -> Finet
 
 
 def describe(cfg: FinetuneConfig) -> str:
-    """One line naming the chosen settings (for the log and the start block)."""
-    if not cfg.auto:
-        return "fine-tuning settings: all given"
+    """The settings the rule chose, e.g. "lr 0.0003, batch 16, 20 epochs, warmup 10%" ("" when all were given)."""
     values = {"lr": lambda: f"lr {cfg.train.lr:g}", "batch_size": lambda: f"batch {cfg.train.batch_size}",
               "epochs": lambda: f"{cfg.epochs:g} epochs", "warmup": lambda: f"warmup {cfg.warmup_ratio:.0%}"}
-    return "fine-tuning settings chosen for this model and data: " + ", ".join(values[f]() for f in cfg.auto)
+    return ", ".join(values[f]() for f in cfg.auto)

@@ -5,7 +5,10 @@
 3. pretrains a small BERT (MLM + NSP) and a small GPT (next-token prediction),
 4. fine-tunes the BERT for sentiment (SST-2 sample), next to the same model from scratch,
 5. generates text with the GPT and fills masks with the BERT,
-and prints a summary with the loss-curve PNGs. Every step is one public plmkit call.
+and prints a summary; ``report.html`` (one self-contained page, `plmkit.recipes.report`) shows
+every loss curve with its evaluations, the pretrained-vs-scratch accuracy, the samples and the
+time of each stage. Every step is one public plmkit call. The samples ship with the package
+(``plmkit/demo_data``, see its README.md for sources and licenses).
 """
 
 from __future__ import annotations
@@ -14,14 +17,36 @@ import argparse
 import json
 import math
 import time
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from plmkit.cli_args import add_output
 from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.outputs import DEMO, claim_output
 from plmkit.recipes.pretrain import load_config, pretrain
+from plmkit.recipes.report import write_html_report
+from plmkit.rundir import METRICS_FILE
 
-BUNDLED = Path(__file__).resolve().parents[3] / "data" / "demo"
+SAMPLES = ("tinyshakespeare.txt", "wikitext2-valid.txt", "sst2-train.tsv", "sst2-dev.tsv")
+"""The files the demo reads from its data folder."""
+
+
+def bundled_data() -> Path:
+    """The folder of the samples shipped with the package (plmkit/demo_data)."""
+    folder = resources.files("plmkit") / "demo_data"
+    if not isinstance(folder, Path):  # a zipped install: nothing to hand to file readers
+        raise FileNotFoundError("plmkit's demo samples are inside a zip archive here; unpack them and pass --data DIR")
+    return folder
+
+
+def check_data(folder: Path) -> None:
+    """FileNotFoundError naming the samples `folder` lacks."""
+    missing = [name for name in SAMPLES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: the demo's samples are missing ({', '.join(missing)}); "
+                                "reinstall plmkit, or pass --data DIR with these files")
 
 
 def _banner(text: str) -> None:
@@ -102,33 +127,63 @@ def finetune_sentiment(data: Path, out: Path, bert_dir: Path, wordpiece: Path, s
     return accuracy
 
 
-def show_generation(gpt_dir: Path, bert_dir: Path) -> None:
+def show_generation(gpt_dir: Path, bert_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """Print (and return, for the report) the GPT's generations and the BERT's fill-mask answers."""
     import plmkit
 
     _banner("5. generation")
+    samples: dict[str, list[dict[str, str]]] = {"generation": [], "fill-mask": []}
     generator = plmkit.pipeline("text-generation", str(gpt_dir))
     for prompt in ("ROMEO:", "First Citizen:\nWe"):
         result = generator(prompt, max_new_tokens=60, top_p=0.9, temperature=0.8, seed=0)
         print(f"--- prompt {prompt!r}\n{result['generated_text']}")
+        samples["generation"].append({"input": prompt, "output": result["generated_text"]})
     fill = plmkit.pipeline("fill-mask", str(bert_dir))
     for text in ("the king of [MASK] .", "the film was [MASK] ."):
         candidates = fill(text)["masks"][0]["candidates"]
-        print(f"fill-mask {text!r}: " + ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in candidates))
+        answer = ", ".join(f"{c['token_str']} ({c['score']:.2f})" for c in candidates)
+        print(f"fill-mask {text!r}: {answer}")
+        samples["fill-mask"].append({"input": text, "output": answer})
+    return samples
 
 
-def run_demo(out: Path, data: Path = BUNDLED, scale: float = 1.0) -> dict:
-    """Run every step; `scale` multiplies the step counts (0.1 for a smoke run)."""
+def run_demo(out: Path, data: Path | None = None, scale: float = 1.0) -> dict:
+    """Run every step; `scale` multiplies the step counts (0.1 for a smoke run). `data`: the
+    samples' folder (default: those shipped with the package)."""
+    from plmkit.recipes.finetune import recipe
+
+    data = bundled_data() if data is None else Path(data)
+    check_data(data)
+    recipe("classification").check_requirements()  # before minutes of pretraining, not after
     started = time.perf_counter()
     with claim_output(out, DEMO, inputs=[data], replace=True) as claim:  # a demo folder plmkit made, or new
         claim.clear()
         return _run_steps(out, data, scale, started)
 
 
+class _Stopwatch:
+    """Seconds per stage, in order, for the report."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages.append({"stage": stage, "seconds": now - self._last})
+        self._last = now
+
+
 def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
+    watch = _Stopwatch()
     wordpiece, bpe = train_tokenizers(data, out)
+    watch.lap("tokenizers")
     runs = pretrain_models(data, out, wordpiece, bpe, scale)
+    watch.lap("token shards and pretraining")
     accuracy = finetune_sentiment(data, out, runs["bert"].final_dir, wordpiece, scale)
-    show_generation(runs["gpt"].final_dir, runs["bert"].final_dir)
+    watch.lap("fine-tuning (pretrained and from scratch)")
+    samples = show_generation(runs["gpt"].final_dir, runs["bert"].final_dir)
+    watch.lap("generation and fill-mask")
     bert_eval, gpt_eval = runs["bert"].eval_history[-1], runs["gpt"].eval_history[-1]
     summary = {
         "bert_heldout_mlm_loss": bert_eval["eval_loss"], "unigram_baseline_loss": runs["unigram"],
@@ -148,19 +203,48 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
           f"{accuracy['from scratch']:.3f}")
     print(f"loss curves: {', '.join(summary['loss_curves'])}")
     print(f"total {summary['minutes']:.1f} min; everything is in {out}/")
+    report = write_html_report(out / "report.html", report_data(out, runs, accuracy, samples, watch.stages, summary))
+    summary["report"] = str(report)
+    print(f"report: {report}")
     return summary
 
 
+def report_data(out: Path, runs: dict, accuracy: dict[str, float], samples: dict[str, list[dict[str, str]]],
+                timings: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """The demo's report (`plmkit.recipes.report`) as plain data."""
+    curves = [{"title": "BERT pretraining (masked LM + next sentence)", "metrics": runs["bert"].out_dir / METRICS_FILE},
+              {"title": "GPT pretraining (next token)", "metrics": runs["gpt"].out_dir / METRICS_FILE}]
+    for name in accuracy:
+        folder = out / f"sst2-{name.replace(' ', '-')}"
+        if (folder / METRICS_FILE).is_file():
+            curves.append({"title": f"SST-2 fine-tuning, {name}", "metrics": folder / METRICS_FILE})
+    return {
+        "title": "plmkit demo",
+        "subtitle": f"pretraining, fine-tuning and generation on the bundled samples; {summary['minutes']:.1f} min",
+        "headline": [{"label": f"SST-2 dev accuracy, {name}", "value": round(value, 4)}
+                     for name, value in accuracy.items()]
+        + [{"label": "BERT held-out MLM loss", "value": round(summary["bert_heldout_mlm_loss"], 4)},
+           {"label": "GPT held-out perplexity", "value": round(summary["gpt_heldout_perplexity"], 2)}],
+        "comparison": {"title": "SST-2 dev accuracy: pretrained vs from scratch", "metric": "accuracy",
+                       "caption": "the same model shape and fine-tuning, with and without the pretrained weights",
+                       "bars": [{"name": name, "value": value} for name, value in accuracy.items()]},
+        "curves": curves,
+        "samples": [{"title": "Fill-mask (BERT)", "items": samples.get("fill-mask", [])},
+                    {"title": "Generation (GPT)", "items": samples.get("generation", [])}],
+        "timings": timings,
+        "tables": [{"title": "Summary", "header": ["", "value"],
+                    "rows": [[k, v] for k, v in summary.items() if isinstance(v, (int, float))]}],
+    }
+
+
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="runs/demo",
-                        help="output folder: new, empty, or the folder of an earlier demo (replaced)")
-    parser.add_argument("--data", default=str(BUNDLED), help="folder with the bundled samples")
+    add_output(parser, "output folder: new, empty, or the folder of an earlier demo (replaced)", required=False,
+               default="runs/demo")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help=f"folder with the samples ({', '.join(SAMPLES)}) (default: those shipped with plmkit)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (0.1 = smoke run)")
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    data = Path(args.data)
-    if not (data / "tinyshakespeare.txt").is_file():
-        raise FileNotFoundError(f"{data}: bundled demo data not found (run from the plmkit repository)")
-    run_demo(Path(args.output), data, args.scale)
+    run_demo(Path(args.output), None if args.data is None else Path(args.data), args.scale)
     return 0

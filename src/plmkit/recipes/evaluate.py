@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
-from plmkit.config import apply_overrides
+from plmkit.cli_args import add_device, add_output, add_set, add_text_column, column_value
+from plmkit.config import ConfigError, apply_overrides
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.heads import default_recipe
+from plmkit.infer.batching import progress
 from plmkit.models import PretrainedModel, load
 from plmkit.outputs import check_output_file
 from plmkit.recipes.finetune import RECIPES, recipe
@@ -42,9 +44,10 @@ def task_of(model: PretrainedModel, record: dict[str, Any] | None, task: str | N
 
 
 def load_run(run_dir: str | Path, *, task: str | None = None, overrides: Sequence[str] = (),
-             device: str | None = None) -> tuple[Recipe, FinetuneConfig, PretrainedModel, Tokenizer]:
+             device: str | None = None, text_column: str | int | None = None,
+             ) -> tuple[Recipe, FinetuneConfig, PretrainedModel, Tokenizer]:
     """(recipe, config, model, tokenizer) of a run or model directory, the model on `device`
-    (default: cuda when available)."""
+    (default: cuda when available); `text_column` names the text column of the files to read."""
     folder = model_dir(run_dir)
     record = read_recipe(folder)
     model = load(folder)
@@ -53,38 +56,53 @@ def load_run(run_dir: str | Path, *, task: str | None = None, overrides: Sequenc
     data.update(model=str(folder), train_file=data.get("train_file", ""), out=data.get("out", str(run_dir)))
     if chosen.name == "translation":
         data.setdefault("kind", "translation")
+    if text_column is not None:
+        if chosen.text_column is None:
+            raise ConfigError(f"--text-column: {chosen.name} files have a fixed layout, with no text column to name")
+        data[chosen.text_column] = text_column
     cfg = parse_config(chosen.config, apply_overrides(data, list(overrides)))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return chosen, cfg, model.to(device).eval(), Tokenizer.load(folder)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, task: str | None = None, overrides: Sequence[str] = (),
-                 device: str | None = None) -> EvalReport:
+                 device: str | None = None, text_column: str | int | None = None) -> EvalReport:
     """Score the run's model on a labelled file of its task; metrics in ``report.metrics``."""
-    chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device)
-    report = chosen.evaluate(model, tokenizer, cfg, chosen.read(cfg, str(data), True))
+    chosen, cfg, model, tokenizer = load_run(run_dir, task=task, overrides=overrides, device=device,
+                                             text_column=text_column)
+    chosen.check_requirements()
+    examples = chosen.read(cfg, str(data), True)
+    with progress(f"eval {Path(data).name}"):
+        report = chosen.evaluate(model, tokenizer, cfg, examples)
     if not report.metrics:
         raise ValueError(f"{data}: no references to score against")
     return report
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="fine-tuning run directory (or a model directory)")
-    parser.add_argument("--data", required=True, help="labelled file in the task's format")
-    parser.add_argument("--task", choices=list(RECIPES), help="task, when the directory has no finetune.json")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a data setting, e.g. --set text_column=review (repeatable)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("-o", "--out", help="write the report (metrics and details) to NAME.json, replaced if it "
-                                            "exists (classification also writes NAME_confusion.png beside it)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="fine-tuning run (its best/, else final/, model) or model folder")
+    parser.add_argument("--data", required=True, metavar="FILE",
+                        help="labelled file in the task's format (the layout of the run's training file)")
+    add_text_column(parser, help="column of the text in --data (default: the run's setting, else found by "
+                                 "its name: text, sentence, content, review, ...)")
+    parser.add_argument("--task", choices=list(RECIPES), help="task, when the folder has no finetune.json "
+                                                              "(default: from the model's head)")
+    add_set(parser, "--set label_column=stars", "data setting")
+    add_device(parser)
+    add_output(parser, "write the report (metrics and details) to NAME.json, replaced if it exists "
+                       "(classification also writes NAME_confusion.png beside it)", required=False,
+               metavar="NAME.json")
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    if args.out:  # the report never replaces the --data file
-        check_output_file(Path(args.out).with_suffix(".json"), [args.data])
-    report = evaluate_run(args.run_dir, args.data, task=args.task, overrides=args.overrides, device=args.device)
-    if args.out:
-        out = Path(args.out)
-        write_report(out.parent, out.stem, report.metrics, report.details, report.label_names)
+    if args.output:  # the report never replaces the --data file
+        check_output_file(Path(args.output).with_suffix(".json"), [args.data])
+    report = evaluate_run(args.run_dir, args.data, task=args.task, overrides=args.overrides, device=args.device,
+                          text_column=column_value(args.text_column))
+    if args.output:
+        out = Path(args.output)
+        write_report(out.parent, out.stem, report.metrics, report.details, report.label_names,
+                     title=f"{Path(args.run_dir).name} on {Path(args.data).name}")
     print(json.dumps(report.metrics, indent=2))
     return 0

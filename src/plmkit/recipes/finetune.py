@@ -23,7 +23,8 @@ import json
 import logging
 from typing import Any
 
-from plmkit.config import apply_overrides, load_yaml
+from plmkit.cli_args import add_output, add_set, add_text_column, column_value
+from plmkit.config import ConfigError, apply_overrides, load_yaml
 from plmkit.recipes.finetune_run import FinetuneResult
 from plmkit.recipes.tasks_base import FinetuneConfig, Recipe
 from plmkit.recipes.tasks_classification import RECIPE as CLASSIFICATION, ClassificationConfig, finetune_classification
@@ -43,8 +44,11 @@ def recipe(task: str) -> Recipe:
 
 
 def finetune(task: str, config: dict[str, Any] | FinetuneConfig | None = None, **fields: Any) -> FinetuneResult:
-    """Fine-tune for `task` with the fields of its config dataclass."""
-    return recipe(task).finetune(config, **fields)
+    """Fine-tune for `task` with the fields of its config dataclass (a missing metrics extra is
+    reported before anything is trained)."""
+    chosen = recipe(task)
+    chosen.check_requirements()
+    return chosen.finetune(config, **fields)
 
 
 # --------------------------------------------------------------------------- command line
@@ -52,21 +56,27 @@ def finetune(task: str, config: dict[str, Any] | FinetuneConfig | None = None, *
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=list(RECIPES), help="the downstream task")
-    parser.add_argument("--model", required=True, help="checkpoint directory (plmkit or HF) or preset name")
-    parser.add_argument("--train", required=True, dest="train_file", help="training data")
-    parser.add_argument("--dev", dest="dev_file", help="dev data (best checkpoint, early stopping)")
-    parser.add_argument("-o", "--out", required=True, help="run directory")
-    parser.add_argument("--tokenizer", help="tokenizer directory (required with a preset)")
-    parser.add_argument("--config", help="YAML file of config fields (see the task's config dataclass)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a config field, e.g. --set train.lr=3.0e-5 --set max_length=256 (repeatable)")
+    parser.add_argument("--model", required=True,
+                        help="model to start from: a local model folder (plmkit or Hugging Face), a training run "
+                             "(its best/, else final/), or a preset name (from scratch, with --tokenizer)")
+    parser.add_argument("--train", required=True, dest="train_file", metavar="FILE",
+                        help="labelled training file in the task's format (.tsv .csv .jsonl .parquet, ...)")
+    parser.add_argument("--dev", dest="dev_file", metavar="FILE",
+                        help="labelled dev file: evaluated as training goes, picks best/, drives early stopping")
+    add_output(parser, "run folder to write (new, empty, or a run to resume)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model's; required with a preset)")
+    add_text_column(parser)
+    parser.add_argument("--config", help="YAML file of config fields (`plmkit config TASK` lists them)")
+    add_set(parser, "--set train.lr=3.0e-5 --set max_length=256 --set labels=negative,positive")
     parser.add_argument("--warm-start", action="store_true", default=None,
-                        help="seq2seq: start an encoder-decoder from an encoder checkpoint")
+                        help="summarization / translation: start an encoder-decoder from an encoder checkpoint")
     parser.add_argument("--class-weights", action="store_true", default=None,
                         help="classification: weigh the loss by inverse class frequency")
-    parser.add_argument("--patience", type=int, help="early stopping: dev evaluations without improvement")
+    parser.add_argument("--patience", type=int, help="early stopping: stop after this many dev evaluations "
+                                                     "without improvement (default: never stop early)")
     parser.add_argument("--epochs", type=float, help="passes over the training data (sets train.max_steps)")
-    parser.add_argument("--resume", help="'auto' or a checkpoint path")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue a run: auto (its newest checkpoint in -o) or a checkpoint folder")
     parser.add_argument("--adapt-steps", type=int, metavar="N",
                         help="task-adaptive pretraining: first continue pretraining the checkpoint for N steps on "
                              "the training texts (labels unused) and --adapt-file texts (sets adapt.steps)")
@@ -77,8 +87,14 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config dict of a `plmkit finetune` command line: YAML, then flags, then --set."""
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    flags = ("model", "train_file", "dev_file", "out", "tokenizer", "patience", "epochs", "resume")
+    flags = ("model", "train_file", "dev_file", "tokenizer", "patience", "epochs", "resume")
     data.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
+    data["out"] = args.output
+    if args.text_column is not None:
+        field_name = recipe(args.task).text_column
+        if field_name is None:
+            raise ConfigError(f"--text-column: {args.task} files have a fixed layout, with no text column to name")
+        data[field_name] = column_value(args.text_column)
     if args.warm_start:
         data["warm_start"] = True
     if args.class_weights:

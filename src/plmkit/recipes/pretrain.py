@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 import torch
 
-from plmkit.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml
+from plmkit.cli_args import add_option, add_output, add_set
+from plmkit.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, preset_names
 from plmkit.data.cooccurrence import cooccurrence_embeddings, scaled
 from plmkit.data.loader import eval_batches, open_eval, open_stream
 from plmkit.data.shards import ShardSet
@@ -216,16 +217,20 @@ def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) ->
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="bert-mini", help="preset name or YAML file (default: bert-mini)")
-    parser.add_argument("--data", help="shard folder (same as --set data.path=...)")
+    parser.add_argument("--config", default="bert-mini", metavar="PRESET|YAML",
+                        help=f"preset ({', '.join(preset_names())}) or YAML file; `plmkit config pretrain "
+                             "--config NAME` lists its values")
+    add_option(parser, "--shards", deprecated=("--data",), metavar="DIR",
+               help="token shard folder from `plmkit prepare` (same as --set data.path=DIR)")
     parser.add_argument("--mix", action="append", default=[], metavar="DIR=WEIGHT",
                         help="another shard folder to pretrain on, with its passes per epoch, e.g. "
-                             "--mix domain-shards/=4 (repeatable; same tokenizer as --data)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted override, e.g. train.lr=1e-3 or model.num_layers=6 (repeatable)")
-    parser.add_argument("--init-from", help="continue pretraining from this checkpoint directory")
-    parser.add_argument("--resume", help="'auto' (newest complete checkpoint in -o) or a checkpoint folder")
-    parser.add_argument("-o", "--output", required=True, help="run directory")
+                             "--mix domain-shards/=4 (repeatable; same tokenizer as --shards)")
+    add_set(parser, "--set train.lr=1e-3 --set model.num_layers=6")
+    parser.add_argument("--init-from", metavar="MODEL",
+                        help="continue pretraining from this checkpoint folder or training run")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue a run: auto (its newest complete checkpoint in -o) or a checkpoint folder")
+    add_output(parser, "run folder to write (new, empty, or a run to resume)")
 
 
 def _mix_source(item: str) -> MixSource:
@@ -239,8 +244,8 @@ def _mix_source(item: str) -> MixSource:
 
 def cli_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
+    if args.shards:
+        overrides.append(f"data.path={args.shards}")
     if args.init_from:
         overrides.append(f"init_from={args.init_from}")
     cfg = load_config(args.config, overrides)

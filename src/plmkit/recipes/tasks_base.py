@@ -15,16 +15,17 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from plmkit.config import ConfigError, from_dict
+from plmkit.config import ConfigError, from_dict, preset_names
 from plmkit.errors import UserError
+from plmkit.extras import require
 from plmkit.heads import RECIPE_PIPELINES, recipe_heads
 from plmkit.recipes.adapt import AdaptConfig
 from plmkit.recipes.defaults import AUTO_FIELDS, unset_fields
-from plmkit.rundir import model_dir
+from plmkit.rundir import hub_hint, model_dir
 from plmkit.train.loop import TrainConfig
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class FinetuneConfig:
     min_steps: int = 0
     """With epochs: train at least this many steps (small data sets)."""
     warmup_ratio: float | None = None
-    """Warm up over this fraction of train.max_steps (sets train.warmup_steps)."""
+    """Warm up over this fraction of train.max_steps (the same as train.warmup_ratio)."""
     metric: str | None = None
     """Dev metric that picks the best checkpoint and drives early stopping (default: the task's)."""
     patience: int | None = None
@@ -90,6 +91,9 @@ class FinetuneConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     """Task-adaptive pretraining on the training texts before fine-tuning (adapt.steps > 0; see
     plmkit.recipes.adapt)."""
+
+    renamed: ClassVar[dict[str, str]] = {}
+    """Old field name -> its new name: still accepted (configs and finetune.json of earlier runs)."""
 
     def __post_init__(self) -> None:
         if unknown := sorted(set(self.auto) - set(AUTO_FIELDS)):
@@ -126,10 +130,26 @@ def parse_config(cls: type[C], data: Mapping[str, Any] | C | None = None, **fiel
             raise ConfigError(f"train: expected a mapping of loop settings, got {train_section!r}")
         merged.setdefault("auto", unset_fields(merged, dict(train_section)))
         merged["train"] = {**dataclasses.asdict(default_train()), **train_section}
+        for old, new in cls.renamed.items():
+            if old in merged:
+                if new in merged:
+                    raise ConfigError(f"{old} is the old name of {new}: give one of them")
+                merged[new] = merged.pop(old)
         cfg = from_dict(cls, merged)
     if Path(cfg.model).is_dir():
         cfg = dataclasses.replace(cfg, model=str(model_dir(cfg.model)))
+    else:
+        check_model_source(cfg.model)
     return cfg
+
+
+def check_model_source(model: str) -> None:
+    """A FileNotFoundError, one message, for a --model that is neither a folder nor a preset / YAML file
+    (a Hugging Face Hub name gets the sentence that says to download it first)."""
+    if Path(model).suffix in (".yaml", ".yml") or model in preset_names():
+        return
+    raise FileNotFoundError(f"--model {model!r}: no such model folder or training run, and not a preset "
+                    f"({', '.join(preset_names())}).{hub_hint(model)}")
 
 
 def subsample(examples: list[Any], limit: int | None, fraction: float = 1.0, seed: int = 0) -> list[Any]:
@@ -196,6 +216,15 @@ class Recipe:
     pipeline_options: Callable[[Any], dict[str, Any]]
     """pipeline_options(cfg): the options of the task's pipeline that the config implies (recorded
     in finetune.json, so `plmkit.pipeline` on the run predicts as `plmkit eval` does)."""
+    text_column: str | None = "text_column"
+    """The config field the command line's --text-column sets; None: the task's files have a fixed layout."""
+    requires: tuple[str, ...] = ()
+    """Modules its dev metrics need (from the ``metrics`` extra), checked before training starts."""
+
+    def check_requirements(self) -> None:
+        """A MissingExtraError naming the extra when a module the task's metrics need is missing."""
+        for module in self.requires:
+            require(module, "metrics", f"{self.name} dev metrics")
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -208,5 +237,5 @@ class Recipe:
         return RECIPE_PIPELINES[self.name]
 
 
-__all__ = ["EvalReport", "FinetuneConfig", "Recipe", "default_train", "parse_config", "predict", "subsample",
-           "task_pipeline"]
+__all__ = ["EvalReport", "FinetuneConfig", "Recipe", "check_model_source", "default_train", "parse_config", "predict",
+           "subsample", "task_pipeline"]

@@ -9,6 +9,8 @@ precision / recall / F1 and a confusion-matrix PNG.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from plmkit.config import ConfigError
 from plmkit.data.tasks import (
     LabelMap, MissingColumnError, TextExample, class_weights, encode_classification, read_classification,
 )
+from plmkit.data.tasks.classification import find_columns
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.infer.batching import label_names, position_limit
 from plmkit.metrics import classification_report, confusion_matrix
@@ -35,20 +38,22 @@ METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 class ClassificationConfig(FinetuneConfig):
     """Text classification (see the module docstring)."""
 
-    text_column: str | int | list[str | int] = "sentence"
-    """Column (header name, JSON key or 0-based index) of the text; several are joined with a space."""
+    text_column: str | int | list[str | int] | None = None
+    """Column (header name, JSON key or 0-based index) of the text; several are joined with a space;
+    None = found by its name (text, sentence, content, review, ...). A .txt file is one text per line."""
     pair_column: str | int | None = None
     """Column of the second text, for pair tasks (NLI, paraphrase)."""
-    label_column: str | int = "label"
-    """Column of the label name."""
-    format: Literal["csv", "tsv", "jsonl"] | None = None
-    """File format; None = from the file suffix."""
+    label_column: str | int | None = None
+    """Column of the label; None = found by its name (label, labels, class, category, sentiment, ...)."""
+    format: Literal["csv", "tsv", "jsonl", "json", "txt", "parquet", "arrow"] | None = None
+    """File format; None = from the file suffix (arrow: a Hugging Face datasets folder)."""
     header: bool = True
     """CSV/TSV files start with a header row."""
     column_names: list[str] | None = None
     """Names for the columns of a CSV/TSV file without a header."""
     labels: list[str] | None = None
-    """Label names in class-id order; None = the sorted labels of the training data."""
+    """Label names in class-id order (--set labels=negative,positive); None = the sorted labels of the
+    training data. Labels written as ids 0, 1, ... in the data are given these names."""
     new_dev_labels: Literal["error", "add"] = "error"
     """A dev label no training example has: "error" (names it and its file:line) or "add" (a class
     of its own, which the model never sees in training)."""
@@ -65,18 +70,29 @@ class ClassificationConfig(FinetuneConfig):
 
 def read_examples(cfg: ClassificationConfig, path: str | Path, labeled: bool = True) -> list[TextExample]:
     """Examples of a classification file; with labeled=False a file without the label column
-    is read too (its examples have label "")."""
-    options: dict[str, Any] = dict(text_column=cfg.text_column, pair_column=cfg.pair_column, fmt=cfg.format,
-                                   header=cfg.header, column_names=cfg.column_names)
+    is read too (its examples have label ""). Labels written as ids get the names of cfg.labels."""
+    layout: dict[str, Any] = dict(fmt=cfg.format, header=cfg.header, column_names=cfg.column_names)
+    text_column, label_column = find_columns(path, cfg.text_column, cfg.label_column, labeled=labeled, **layout)
+    options: dict[str, Any] = dict(text_column=text_column, pair_column=cfg.pair_column, **layout)
     try:
-        examples = read_classification(path, label_column=cfg.label_column, **options)
+        examples = read_classification(path, label_column=label_column, **options)
     except MissingColumnError:
-        if labeled:
+        if labeled or label_column is None:
             raise
         examples = read_classification(path, label_column=None, **options)
     if not examples:
         raise ValueError(f"{path}: no examples")
-    return examples
+    return named_labels(examples, cfg.labels)
+
+
+def named_labels(examples: list[TextExample], names: list[str] | None) -> list[TextExample]:
+    """Examples whose labels are ids 0..len(names)-1 (and not themselves names) relabelled with `names`."""
+    labels = {e.label for e in examples if e.label}
+    if not names or not labels or labels <= set(names):
+        return examples
+    if not all(label.isdigit() and int(label) < len(names) for label in labels):
+        return examples  # LabelMap reports the first label that is not a name, with its file:line
+    return [dataclasses.replace(e, label=names[int(e.label)]) if e.label else e for e in examples]
 
 
 def label_map_for(cfg: ClassificationConfig, train: list[TextExample], dev: list[TextExample]) -> LabelMap:
@@ -89,6 +105,18 @@ def label_map_for(cfg: ClassificationConfig, train: list[TextExample], dev: list
         if task == HEAD and saved.id2label and set(saved.id2label.values()) == set(labels.id2label):
             return LabelMap.from_config(saved.id2label)
     return labels
+
+
+def label_info(train: list[TextExample], dev: list[TextExample], labels: LabelMap) -> dict[str, Any]:
+    """The start block's lines of a classification run: examples per label in training and dev data."""
+    def counts(examples: list[TextExample]) -> str:
+        seen = Counter(e.label for e in examples)
+        return " | ".join(f"{name}: {seen.get(name, 0):,}" for name in labels.id2label)
+
+    info = {"labels": f"{len(labels)} ({', '.join(labels.id2label)})", "training examples": counts(train)}
+    if dev:
+        info["dev examples"] = counts(dev)
+    return info
 
 
 def pipeline_options(cfg: ClassificationConfig) -> dict[str, Any]:
@@ -144,8 +172,8 @@ def finetune_classification(cfg: ClassificationConfig | dict[str, Any] | None = 
         return evaluate_classification(m, tokenizer, cfg, dev)
 
     return run_finetune("classification", cfg, model, tokenizer, features, evaluator if dev else None, METRICS,
-                        pipeline_options(cfg))
+                        pipeline_options(cfg), info=label_info(train_examples, dev, labels))
 
 
 RECIPE = Recipe("classification", ClassificationConfig, finetune_classification, read_examples,
-                evaluate_classification, pipeline_options)
+                evaluate_classification, pipeline_options, requires=("sklearn.metrics",))

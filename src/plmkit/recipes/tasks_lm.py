@@ -1,8 +1,9 @@
 """Continued causal-LM training of a GPT-style decoder on domain text, with perplexity before
 and after.
 
-Text files are read with `plmkit.data.io.Corpus` (.txt: a blank line ends a document; .jsonl
-/ .json: `text_field`; .csv / .tsv: `text_field` names the column; gzip too). Documents are
+Text files are read with `plmkit.data.corpus.Corpus` (.txt: a blank line ends a document; .jsonl
+/ .json / .csv / .tsv / .parquet: `text_column` names the field or column, else it is found by its
+usual name; gzip too). Documents are
 tokenized, joined with EOS between them and cut into blocks of `block_size` tokens (the
 last, shorter block is kept). Dev metrics: mean token loss and perplexity = exp(loss).
 """
@@ -12,13 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from plmkit.config import ConfigError
-from plmkit.data.io import Corpus
+from plmkit.data.corpus import Corpus
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.infer.batching import eos_id, pad_id, position_limit, run_batches
 from plmkit.metrics import perplexity
@@ -38,8 +39,10 @@ class LMConfig(FinetuneConfig):
 
     block_size: int = 256
     """Tokens per training row (capped by the model's positions)."""
-    text_field: str = "text"
-    """JSON field / CSV-TSV header of the text."""
+    text_column: str | None = None
+    """JSON field / CSV-TSV-Parquet column of the text; None = found by its name (text, content, ...)."""
+
+    renamed: ClassVar[dict[str, str]] = {"text_field": "text_column"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,7 +61,7 @@ class LMText:
 
 def read_texts(cfg: LMConfig, path: str | Path, labeled: bool = True) -> list[LMText]:
     """The documents of a text corpus (a file, folder or glob), each as one text."""
-    corpus = Corpus(path, field=cfg.text_field)
+    corpus = Corpus(path, field=cfg.text_column)
     return [LMText("\n".join(doc), f"{path}#{i}") for i, doc in enumerate(corpus)]
 
 

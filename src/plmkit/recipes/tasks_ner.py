@@ -147,4 +147,5 @@ def finetune_ner(cfg: NERConfig | dict[str, Any] | None = None, **fields: Any) -
                         METRICS, pipeline_options(cfg))
 
 
-RECIPE = Recipe("ner", NERConfig, finetune_ner, read_sentences, evaluate_ner, pipeline_options)
+RECIPE = Recipe("ner", NERConfig, finetune_ner, read_sentences, evaluate_ner, pipeline_options, text_column=None,
+                requires=("seqeval.metrics",))

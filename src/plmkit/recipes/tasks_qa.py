@@ -117,4 +117,4 @@ def finetune_qa(cfg: QAConfig | dict[str, Any] | None = None, **fields: Any) -> 
                         METRICS, pipeline_options(cfg))
 
 
-RECIPE = Recipe("qa", QAConfig, finetune_qa, read_questions, evaluate_qa, pipeline_options)
+RECIPE = Recipe("qa", QAConfig, finetune_qa, read_questions, evaluate_qa, pipeline_options, text_column=None)

@@ -142,8 +142,9 @@ def _sources(cfg: Seq2SeqConfig, path: str | Path) -> list[Seq2SeqExample]:
     """Sources without references (prediction input)."""
     if cfg.source_lang is not None:
         rows: Any = ((n, [line]) for n, line in text_lines(path))
-    else:
-        rows = read_table(path, [cfg.source_column], fmt=cfg.format, header=cfg.header)
+    else:  # a .txt file: one source per line
+        fmt = cfg.format or detect_format(path)
+        rows = read_table(path, [0 if fmt == "txt" else cfg.source_column], fmt=fmt, header=cfg.header)
     out = []
     for line, (value,) in rows:
         text = " ".join(value) if isinstance(value, list) else str(value)
@@ -251,6 +252,7 @@ def _finetune_translation(cfg: Seq2SeqConfig | dict[str, Any] | None = None, **f
 
 
 SUMMARIZATION = Recipe("summarization", Seq2SeqConfig, finetune_seq2seq, read_pairs, evaluate_seq2seq,
-                       pipeline_options)
+                       pipeline_options, text_column="source_column",
+                       requires=("sacrebleu", "rouge_score.rouge_scorer"))
 TRANSLATION = Recipe("translation", Seq2SeqConfig, _finetune_translation, read_pairs, evaluate_seq2seq,
-                     pipeline_options)
+                     pipeline_options, text_column="source_column", requires=("sacrebleu", "rouge_score.rouge_scorer"))

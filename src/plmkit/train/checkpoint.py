@@ -246,7 +246,7 @@ def resume_candidates(out_dir: Path, resume: str | Path | None) -> list[Path]:
         if existing is not None:
             raise ValueError(
                 f"{out_dir} already holds checkpoints (newest {existing.name}); "
-                "pass resume='auto' to continue that run or choose another output folder"
+                "continue that run with --resume auto, or choose another output folder (-o)"
             )
         return []
     if resume == "auto":

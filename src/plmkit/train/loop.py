@@ -56,7 +56,9 @@ from plmkit.train.distributed import (
     shard_stream,
 )
 from plmkit.train.metrics_log import METRICS_FILE, MetricsLog, plot_loss_curve
+from plmkit.train.model_card import write_model_card
 from plmkit.train.optim import build_optimizer, lr_at, set_lr
+from plmkit.train.run_record import format_eval_line, format_start_block, plan_warnings, run_plan, run_record
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class TrainConfig:
     """The linear/cosine schedule ends at lr * min_lr_ratio."""
     warmup_steps: int = 0
     """Steps of linear warmup from lr / warmup_steps to lr."""
+    warmup_ratio: float | None = None
+    """Warm up over this fraction of max_steps instead (e.g. 0.1); None = use warmup_steps."""
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     """Decay after warmup."""
     max_steps: int = 1000
@@ -119,6 +123,9 @@ class TrainConfig:
     one more stops training with NonFiniteError. 0 = stop at the first."""
     progress: bool = True
     """Show a progress bar (loss, tokens/s, ETA) on rank 0."""
+    tensorboard: bool | None = None
+    """Mirror metrics to TensorBoard (out_dir/tensorboard): true requires the tensorboard package
+    (pip install 'plmkit[tensorboard]'), null uses it when installed, false never."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -134,14 +141,21 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1) or null, got {self.warmup_ratio}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.clip_norm is not None and self.clip_norm < 0:
             raise ConfigError(f"train.clip_norm must be >= 0 or null, got {self.clip_norm}")
 
+    @property
+    def warmup(self) -> int:
+        """Warmup steps in effect: round(warmup_ratio * max_steps) when warmup_ratio is set, else warmup_steps."""
+        return round(self.warmup_ratio * self.max_steps) if self.warmup_ratio is not None else self.warmup_steps
+
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step `step` (1-based)."""
-        return lr_at(step, self.lr, self.warmup_steps, self.max_steps, self.schedule, self.min_lr_ratio)
+        return lr_at(step, self.lr, self.warmup, self.max_steps, self.schedule, self.min_lr_ratio)
 
 
 class BatchStream(Protocol):
@@ -232,6 +246,8 @@ def train(
     resume: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     tokenizer: Any = None,
+    info: Mapping[str, Any] | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> TrainResult:
     """Train `model` on `stream` for cfg.max_steps optimizer steps; write everything to `out_dir`.
 
@@ -243,11 +259,17 @@ def train(
         checkpoint in out_dir, else fresh) or the path of a checkpoint / run folder.
     callbacks: ``cb(step, metrics)`` after each step on every rank; raise StopTraining to stop.
     tokenizer: saved with the final export (out_dir/final) when given.
+    info: what the recipe knows about the run (examples, labels, chosen settings), printed in the
+        start block and kept in run.json.
+    inputs: the files the run reads (data, shard folders): their sizes and hashes go into run.json.
 
-    Writes out_dir/run.json (config, versions, seed) before step 1, metrics.jsonl,
-    checkpoint-XXXXXXXX folders, final/ and loss.png.
+    Prints a start block (rank 0) and each evaluation as it happens. Writes out_dir/run.json
+    (config, versions, seed, plan, the command lines of the run and its resumes, git commit,
+    inputs) before step 1, metrics.jsonl, checkpoint-XXXXXXXX folders, final/ (with a model
+    card, README.md) and loss.png.
     """
     trainer = _Trainer(model, stream, cfg, Path(out_dir), eval_fn, list(callbacks), tokenizer)
+    trainer.info, trainer.inputs = dict(info or {}), list(inputs)
     return trainer.run(resume)
 
 
@@ -280,6 +302,8 @@ class _Trainer:
         self.last_saved: Path | None = None
         self._iter: Iterator[dict[str, Any]] | None = None
         self._window = (time.perf_counter(), 0)
+        self.info: dict[str, Any] = {}
+        self.inputs: list[str | Path] = []
 
     # ----------------------------------------------------------------------- setup
 
@@ -294,7 +318,7 @@ class _Trainer:
         if self.tokenizer is not None and source is not None:
             _check_tokenizer(self.tokenizer, Path(source))
         ckpt.together(self.env, lambda: self.claim_out_dir(source) if self.env.is_main else None)
-        self.log = MetricsLog(self.out_dir, enabled=self.env.is_main)
+        self.log = MetricsLog(self.out_dir, enabled=self.env.is_main, tensorboard=self.cfg.tensorboard)
         shard_stream(self.stream, self.env)
         path, saved = ckpt.load_resume(self.out_dir, resume, self.model, self.optimizer, self.stream,
                                        self.geometry(), self.env)
@@ -307,9 +331,18 @@ class _Trainer:
             self.last_saved = path
         self.log.truncate_after(self.progress.step)
         if self.env.is_main:
-            self.write_run_json(path)
+            plan = self.plan()
+            self.write_run_json(path, plan)
+            announce(plan)
         barrier(self.env)
         return path
+
+    def plan(self) -> dict[str, Any]:
+        """The facts of this run before its first step (`plmkit.train.run_record.run_plan`)."""
+        return run_plan(self.cfg, out_dir=self.out_dir, device=str(self.env.device), precision=self.precision,
+                        world_size=self.env.world_size, parameters=sum(p.numel() for p in self.inner.parameters()),
+                        trainable=sum(p.numel() for p in self.params), start_step=self.progress.step,
+                        stream=self.stream, info=self.info)
 
     def claim_out_dir(self, source: str | None) -> None:
         """Lock out_dir for this run (rank 0); refuse a folder of other files or holding the model's source."""
@@ -317,9 +350,11 @@ class _Trainer:
         self.claim.ensure()
         ckpt.clean_partial(self.out_dir)
 
-    def write_run_json(self, resumed_from: Path | None) -> None:
-        """out_dir/run.json: resolved config, seed, versions, device, model summary."""
+    def write_run_json(self, resumed_from: Path | None, plan: dict[str, Any]) -> None:
+        """out_dir/run.json: resolved config, seed, versions, device, model summary, the plan, and the
+        record of every command that started or resumed the run (`run_record`)."""
         model_cfg = getattr(self.inner, "config", None)
+        previous = read_run_json(self.out_dir) if resumed_from is not None else None
         info = {
             "config": dataclasses.asdict(self.cfg),
             "seed": self.cfg.seed,
@@ -337,6 +372,9 @@ class _Trainer:
             "start_step": self.progress.step,
             "command": sys.argv,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "plan": plan,
+            **run_record(previous, resumed=resumed_from is not None, start_step=self.progress.step,
+                         inputs=[*self.inputs, *_stream_inputs(self.stream)]),
         }
         atomic_write_text(self.out_dir / RUN_FILE, json.dumps(info, indent=2, default=str))
 
@@ -452,6 +490,8 @@ class _Trainer:
         metrics = {str(k): float(v) for k, v in raw.items()}
         self.eval_history.append({"step": step, **metrics})
         self.log.log({"kind": "eval", "step": step, **metrics})
+        if self.env.is_main:
+            tqdm.write(format_eval_line(step, self.cfg.max_steps, metrics), file=sys.stderr)
         return metrics
 
     def save(self, step: int) -> None:
@@ -543,7 +583,7 @@ class _Trainer:
         signum = self.signal or signal.SIGTERM
         where = f"checkpoint {self.last_saved}" if self.last_saved is not None else "no checkpoint (no step done)"
         raise Interrupted(f"{signal.Signals(signum).name}: training stopped after step {step} of "
-                          f"{self.cfg.max_steps}; {where}. Continue with --resume auto (resume='auto')", signum)
+                          f"{self.cfg.max_steps}; {where}. Continue with --resume auto", signum)
 
     def finish(self, started: float, start_step: int, resumed_from: Path | None, stopped: bool) -> TrainResult:
         """Final checkpoint (if the last step was not saved), export to out_dir/final, loss plot."""
@@ -554,12 +594,36 @@ class _Trainer:
         final_dir = export_pretrained(self.model, self.out_dir / FINAL_DIR, self.env, self.tokenizer)
         if self.env.is_main:
             plot_loss_curve(self.out_dir / METRICS_FILE, self.out_dir / LOSS_PLOT)
+            if final_dir is not None:
+                write_model_card(final_dir)
         return TrainResult(
             out_dir=self.out_dir, step=step, start_step=start_step, losses=self.losses,
             eval_history=self.eval_history, tokens_seen=self.progress.tokens_seen,
             skipped_steps=self.progress.nonfinite_skips, elapsed_s=time.perf_counter() - started,
             last_checkpoint=self.last_saved, final_dir=final_dir, resumed_from=resumed_from, stopped_early=stopped,
         )
+
+
+def announce(plan: dict[str, Any]) -> None:
+    """Print the start block and any warning about the plan (stderr, beside the progress bar)."""
+    print(format_start_block(plan), file=sys.stderr, flush=True)
+    for warning in plan_warnings(plan):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+def read_run_json(out_dir: Path) -> dict[str, Any] | None:
+    """out_dir/run.json as a dict; None when absent or unreadable."""
+    try:
+        data = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _stream_inputs(stream: Any) -> list[str]:
+    """The input paths a stream names in its ``describe()`` (e.g. the shard folders), if any."""
+    described = stream.describe() if callable(getattr(stream, "describe", None)) else {}
+    return [str(p) for p in described.get("inputs", ())]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -1,8 +1,10 @@
 """Text classification data: single texts or text pairs with one label each.
 
 Works for GLUE-style TSV (``sentence<TAB>label`` with a header), CSV (quoted fields, with
-or without a header) and JSON Lines. Several text columns can be joined into one text
-(e.g. AG News title + description); a second column gives the pair text (NLI, paraphrase).
+or without a header), JSON Lines, Parquet, Hugging Face datasets folders and plain text (one
+text per line, no labels). Several text columns can be joined into one text (e.g. AG News
+title + description); a second column gives the pair text (NLI, paraphrase). Columns not given
+are found by their usual names (`plmkit.data.io.TEXT_COLUMNS`, `LABEL_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Any
 
 from plmkit.data.tasks.features import TokenizerLike, truncating_backend
 from plmkit.data.tasks.labels import LabelMap
-from plmkit.data.io import Column, TableFormat, read_table
+from plmkit.data.io import (
+    LABEL_COLUMNS, TEXT_COLUMNS, Column, MissingColumnError, TableFormat, detect_format, find_column, read_table,
+    table_columns,
+)
 from plmkit.errors import DataError
 
 
@@ -29,9 +34,36 @@ class TextExample:
     """``file:line`` of the row, for error messages."""
 
 
+def find_columns(path: str | Path, text_column: Column | Sequence[Column] | None, label_column: Column | None, *,
+                 fmt: TableFormat | None = None, header: bool = True, column_names: Sequence[str] | None = None,
+                 labeled: bool = True) -> tuple[Column | Sequence[Column], Column | None]:
+    """The text and label columns of a file: those given, else found by their usual names.
+
+    The label column is None when it is not given and the file has none of the usual names (an
+    error with `labeled`, naming the columns there are).
+    """
+    names: list[str] | None = None
+    if text_column is None or label_column is None:
+        names = table_columns(path, fmt, header, column_names)
+    if text_column is None:
+        text_column = find_column(path, names, TEXT_COLUMNS, "text", "--text-column")
+        if text_column is None:
+            raise MissingColumnError(path, 1, f"no text column among {', '.join(names or [])}: name it with "
+                                              f"--text-column (looked for {', '.join(TEXT_COLUMNS)})")
+    if label_column is None:
+        label_column = find_column(path, names, LABEL_COLUMNS, "label", "--set label_column=INDEX")
+        if label_column is None and labeled and (fmt or detect_format(path)) == "txt":
+            raise MissingColumnError(path, None, "a .txt file holds one text per line and no labels; give a "
+                                                 "labelled file (.tsv .csv .jsonl .parquet: a text and a label column)")
+        if label_column is None and labeled:
+            raise MissingColumnError(path, 1, f"no label column among {', '.join(names or [])}: name it with "
+                                              f"--set label_column=NAME (looked for {', '.join(LABEL_COLUMNS)})")
+    return text_column, label_column
+
+
 def read_classification(
     path: str | Path,
-    text_column: Column | Sequence[Column] = "sentence",
+    text_column: Column | Sequence[Column] | None = None,
     label_column: Column | None = "label",
     pair_column: Column | None = None,
     *,
@@ -41,10 +73,10 @@ def read_classification(
 ) -> list[TextExample]:
     """Read a classification file into examples, one per non-blank row.
 
-    `text_column` may list several columns, joined with a space. `label_column=None` reads
-    unlabeled data (label ""). A missing column, a malformed row (more or fewer fields than the
-    header), an empty label, or labels written in different JSON types (1 and "1") raise
-    `plmkit.errors.DataError` naming ``file:line``.
+    `text_column` may list several columns, joined with a space; None finds it by name
+    (`find_columns`). `label_column=None` reads unlabeled data (label ""). A missing column, a
+    malformed row (more or fewer fields than the header), an empty label, or labels written in
+    different JSON types (1 and "1") raise `plmkit.errors.DataError` naming ``file:line``.
 
     Examples: SST-2 ``read_classification("train.tsv")``; ChnSentiCorp
     ``read_classification("train.tsv", "text_a")``; AG News (header ``label,content``)
@@ -52,6 +84,9 @@ def read_classification(
     ``read_classification(p, ["title", "description"], "class", header=False,
     column_names=["class", "title", "description"])``.
     """
+    if text_column is None:
+        text_column, _ = find_columns(path, None, label_column, fmt=fmt, header=header, column_names=column_names,
+                                      labeled=False)
     texts = [text_column] if isinstance(text_column, (str, int)) else list(text_column)
     columns: list[Column] = list(texts)
     if label_column is not None:

@@ -191,9 +191,9 @@ def encode_qa(
     for index, (example, length) in enumerate(zip(examples, lengths)):
         room = max_length - length - specials
         if not 0 <= stride < room:
-            raise WindowError(index, f"question {example.id}: stride={stride} must be below the {room} context "
-                                     f"tokens that max_length={max_length} leaves beside the question "
-                                     f"({length} tokens)")
+            raise WindowError(index, f"question {example.id}: doc_stride ({stride}) must be below the {room} "
+                                     f"context tokens that max_length ({max_length}) leaves beside the question "
+                                     f"({length} tokens); lower it with --set doc_stride=N")
     backend = truncating_backend(tokenizer, max_length, stride=stride, strategy="only_second")
     encodings = backend.encode_batch(list(zip(questions, [e.context for e in examples])))
     features = []
