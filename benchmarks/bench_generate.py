@@ -42,23 +42,24 @@ MODES = {"greedy": {}, "top-p": {"top_p": 0.9, "top_k": 50}, "pure-top-p": {"top
 WEIGHTS = ("fp32", "bf16", "int8", "int4")
 
 
-def build(weights: list[str]):
+def build(weights: list[str], device: torch.device = torch.device("cpu")):
     """The transformers model and one plmkit model per weight format, all from the same random weights."""
     import transformers
 
     cfg = common.plmkit_config("gpt2")
     torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(common.hf_config(cfg, "causal-lm")).eval()
+    hf = transformers.GPT2LMHeadModel(common.hf_config(cfg, "causal-lm")).eval().to(device)
     hf.generation_config.eos_token_id = None  # exactly NEW tokens per row
     hf.generation_config.pad_token_id = cfg.pad_token_id
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
-        base = plmkit.load(folder).eval()
+        base = plmkit.load(folder).eval().to(device)
     ours = {w: prepare_for_inference(copy.deepcopy(base), w) for w in weights}
     return cfg, hf, ours
 
 
 def hf_step(model, prompts: torch.Tensor, options: dict) -> common.Step:
+    device = prompts.device
     sample = bool(options)
     kwargs = dict(do_sample=sample, top_p=options.get("top_p"), top_k=options.get("top_k")) if sample else \
         dict(do_sample=False)
@@ -67,6 +68,7 @@ def hf_step(model, prompts: torch.Tensor, options: dict) -> common.Step:
         with torch.inference_mode():
             out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=NEW,
                                  min_new_tokens=None, **kwargs)
+        common.sync(device)
         new = out.size(1) - prompts.size(1)
         assert new == NEW, new
         return prompts.size(0) * new
@@ -93,7 +95,7 @@ def same_greedy_tokens(hf, ours, prompts: torch.Tensor) -> bool:
 
 def run(hf, ours: dict, batch: int, mode: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(batch)
-    prompts = torch.randint(0, 50000, (batch, PROMPT))
+    prompts = torch.randint(0, 50000, (batch, PROMPT)).to(args.device)
     options = MODES[mode]
     steps = {"transformers fp32": hf_step(hf, prompts, options)}
     steps.update({f"plmkit {w}": plmkit_step(m, prompts, options) for w, m in ours.items()})
@@ -115,11 +117,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-check", action="store_true",
                    help="also time each format's linear kernels alone at batch 1 (weights streamed from memory)")
     p.add_argument("--threads", type=int, default=common.THREADS)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; on cuda --weights fp32,bf16)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.batch = [int(b) for b in args.batch.split(",")]
     args.modes = common.choices(p, "--modes", args.modes, MODES) + (["pure-top-p"] if args.pure_top_p else [])
     args.weights = common.choices(p, "--weights", args.weights, WEIGHTS)
+    args.device = torch.device(args.device)
+    if args.device.type != "cpu" and set(args.weights) - {"fp32", "bf16"}:
+        p.error("--weights: int8 and int4 run on CPU only; use --weights fp32,bf16 on a GPU")
     if args.rounds < 2:
         p.error("at least 2 interleaved rounds are needed")
     return args
@@ -131,10 +137,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"# generation, GPT-2 small. {common.environment()}", flush=True)
     if args.stream_check:
         print(stream_check(args.weights))
-    cfg, hf, ours = build(args.weights)
+    cfg, hf, ours = build(args.weights, args.device)
     sizes = {w: decode_step_bytes(m) / 1e6 for w, m in ours.items()}
     print("weights read per decode step: " + ", ".join(f"{w} {mb:,.0f} MB" for w, mb in sizes.items()), flush=True)
-    check = torch.randint(0, 50000, (2, PROMPT))
+    check = torch.randint(0, 50000, (2, PROMPT)).to(args.device)
     print(f"greedy tokens identical (plmkit fp32 vs transformers, 2x32): {same_greedy_tokens(hf, ours['fp32'], check)}"
           if "fp32" in ours else "", flush=True)
     results = []

@@ -357,6 +357,7 @@ def memory_column(rows: list[dict], args: argparse.Namespace) -> None:
             cmd = [sys.executable, __file__, "--probe-memory", side, "--models", r["model"], "--precision",
                    r["precision"], "--shapes", r["shape"], "--device", str(args.device), "--loss-chunk",
                    str(args.loss_chunk), "--variants", r["variant"]]
+            cmd += [f"--{k}={getattr(args, k)}" for k in ("batch", "length") if getattr(args, k)]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             lines = out.stdout.strip().splitlines()
             r[key] = float(lines[-1]) if out.returncode == 0 and lines else float("nan")
@@ -393,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TrainConfig.malloc for this whole process (both sides)")
     p.add_argument("--tcmalloc", action="store_true", help="rerun this process with tcmalloc preloaded")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch", type=int, help="rows per step for every chosen model (default: the table in SHAPES)")
+    p.add_argument("--length", type=int, help="row length (minilm-sst2: max_length) for every chosen model")
     p.add_argument("--threads", type=int, default=common.THREADS, help="torch CPU threads (default 2)")
     p.add_argument("--quick", action="store_true", help="fewest steps: 1 warm-up, 5 rounds of 1 timed step")
     p.add_argument("--warmup", type=int, default=2)
@@ -410,6 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for v in args.variants:
         common.choices(p, "--variants", v.replace("+", ","), VARIANT_PARTS)
     args.device = torch.device(args.device)
+    for name in args.models:  # --batch / --length: other shapes (a GPU wants larger steps)
+        b, t = SHAPES[name]
+        SHAPES[name] = (args.batch or b, args.length or t)
     if args.rounds * args.per_round < 5:
         p.error("at least 5 timed steps per side are needed (--rounds x --per-round >= 5)")
     return args

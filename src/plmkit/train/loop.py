@@ -408,6 +408,8 @@ class _Trainer:
             except StopIteration:
                 raise ValueError("the data stream yielded no batches") from None
         dev = self.env.device
+        if dev.type != "cpu":
+            batch = _without_full_mask(batch)
         return {k: v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def autocast(self) -> torch.autocast:
@@ -698,6 +700,16 @@ def _check_tokenizer(tokenizer: Any, model_dir: Path) -> None:
             f"{'; '.join(differences)}. The model's token ids would mean other tokens. Use the model's tokenizer "
             f"(--tokenizer {model_dir}), or rebuild the shards with it: plmkit prepare CORPUS --tokenizer "
             f"{model_dir} -o NEW_SHARDS")
+
+
+def _without_full_mask(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without its attention_mask when that marks every token real (read while still on
+    the host: free). Models treat a missing mask as all real, and on a GPU the model then keeps
+    SDPA's flash kernels (no mask) without reading the mask back from the device."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.device.type == "cpu" and bool(mask.all()):
+        return {k: v for k, v in batch.items() if k != "attention_mask"}
+    return batch
 
 
 def _total_norm(grads: list[Tensor]) -> float:
