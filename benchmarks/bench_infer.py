@@ -66,7 +66,7 @@ def make_data(vocab: int, pad: int, real_length: bool, n_batches: int, seed: int
     return {"transformers": batches_for(seqs, arrival, pad), "plmkit": batches_for(seqs, by_length, pad)}
 
 
-def build_pair(name: str, precision: str) -> tuple:
+def build_pair(name: str, precision: str, device: torch.device = torch.device("cpu")) -> tuple:
     import transformers
 
     cfg = common.plmkit_config(name)
@@ -75,14 +75,15 @@ def build_pair(name: str, precision: str) -> tuple:
     torch.manual_seed(0)
     ours = build_model(cfg, "sequence-classification")
     dtype = common.DTYPES[precision]
-    return cfg, {"transformers": hf.to(dtype).eval(), "plmkit": ours.to(dtype).eval()}
+    return cfg, {"transformers": hf.to(device, dtype).eval(), "plmkit": ours.to(device, dtype).eval()}
 
 
-def infer_step(model: torch.nn.Module, batches: list[dict]) -> common.Step:
+def infer_step(model: torch.nn.Module, batches: list[dict], device: torch.device) -> common.Step:
     def step(i: int) -> float:
         b = batches[i % len(batches)]
         with torch.inference_mode():
             model(**b).logits.float()
+        common.sync(device)
         return b["input_ids"].size(0)
 
     return step
@@ -91,7 +92,8 @@ def infer_step(model: torch.nn.Module, batches: list[dict]) -> common.Step:
 def run(cfg, models: dict, name: str, precision: str, real_length: bool, args: argparse.Namespace) -> dict:
     n_batches = args.pool if real_length else 3
     data = make_data(cfg.vocab_size, cfg.pad_token_id, real_length, n_batches)
-    steps = {side: infer_step(models[side], data[side]) for side in models}
+    data = {side: [{k: v.to(args.device) for k, v in b.items()} for b in batches] for side, batches in data.items()}
+    steps = {side: infer_step(models[side], data[side], args.device) for side in models}
     if real_length:  # whole passes over the pool, batch k of both sides back to back
         t = common.interleave(steps, args.warmup, args.pool * args.passes, 1)
         hf, ours = t["transformers"].total_rate, t["plmkit"].total_rate
@@ -119,8 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-round", type=int, default=2)
     p.add_argument("--pool", type=int, default=4, help="real-len: batches of 32 in the sorted pool")
     p.add_argument("--passes", type=int, default=2, help="real-len: timed passes over the pool")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=common.THREADS, help="torch CPU threads (default 2)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
+    args.device = torch.device(args.device)
     if args.quick:
         args.warmup, args.rounds, args.per_round, args.passes = 1, 5, 1, 2
     args.models = common.choices(p, "--models", args.models, MODELS)
@@ -133,12 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    common.setup()
-    print(f"# inference, sequence classification. {common.environment()}", flush=True)
+    common.setup(args.threads)
+    print(f"# inference, sequence classification. {common.environment()}, device {args.device}", flush=True)
     results = []
     for name in args.models:
         for precision in args.precision:
-            cfg, models = build_pair(name, precision)
+            cfg, models = build_pair(name, precision, args.device)
             for shape in args.shapes:
                 r = run(cfg, models, name, precision, shape == "real", args)
                 results.append(r)

@@ -50,25 +50,39 @@ def environment() -> str:
 # --------------------------------------------------------------------------- matmul peak
 
 
+def sync(device: torch.device | str = "cpu") -> None:
+    """Wait for queued work on `device` (a no-op on CPU), so a host clock measures it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class PeakMeter:
-    """Per-iteration torch.mm throughput samples (GFLOP/s) per dtype; `peak` is their p90."""
+    """Per-iteration torch.mm throughput samples (GFLOP/s) per dtype; `peak` is their p90.
+
+    On CUDA (tf32 off for fp32) the squares are 4096^2 and 8192^2, each product timed after a sync.
+    """
 
     sizes: tuple[int, ...] = (2048, 4096)
     samples: dict[str, list[float]] = field(default_factory=dict)
+    device: str = "cpu"
 
     def measure(self, precisions: Sequence[str], seconds: float = 2.0) -> None:
         """Sample each size for about `seconds` per dtype (at least 2 iterations per size)."""
+        sizes = (4096, 8192) if torch.device(self.device).type == "cuda" else self.sizes
         for name in precisions:
             dtype = DTYPES[name]
-            for n in self.sizes:
-                a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            for n in sizes:
+                a = torch.randn(n, n, dtype=dtype, device=self.device)
+                b = torch.randn(n, n, dtype=dtype, device=self.device)
                 torch.mm(a, b)  # warm-up: first call initializes the kernel
+                sync(self.device)
                 start = time.perf_counter()
                 iters = 0
-                while iters < 2 or time.perf_counter() - start < seconds / len(self.sizes):
+                while iters < 2 or time.perf_counter() - start < seconds / len(sizes):
                     t0 = time.perf_counter()
                     torch.mm(a, b)
+                    sync(self.device)
                     self.samples.setdefault(name, []).append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
                     iters += 1
                 del a, b
@@ -166,8 +180,10 @@ WORKLOAD_PRESETS = {
     "bert-base": ("bert-base", []),
     "gpt-small": ("gpt2-small", ["hidden_size=256", "num_layers=4", "num_heads=4", "intermediate_size=1024"]),
     "gpt2": ("gpt2-small", []),
+    "minilm": ("bert-base", ["num_layers=6", "hidden_size=384", "num_heads=12", "intermediate_size=1536"]),
 }
-"""Benchmark model name -> (plmkit preset, overrides). gpt-small is GPT-2 at 4 layers / 256 hidden."""
+"""Benchmark model name -> (plmkit preset, overrides). gpt-small is GPT-2 at 4 layers / 256 hidden;
+minilm is the MiniLM-L6 shape (6 layers, 384 hidden, 12 heads, 1536 FFN, BERT's 30,522 vocabulary)."""
 
 
 def plmkit_config(name: str, **extra) -> ModelConfig:

@@ -131,6 +131,16 @@ def test_resume_with_changed_geometry_names_the_fields(tmp_path, tiny_gpt):
         train(tiny_gpt(), CountingStream(4), quiet(max_steps=4, batch_size=4, grad_accum=2), tmp_path, resume="auto")
 
 
+def test_resume_may_regroup_ranks_with_the_same_global_batch():
+    from plmkit.train.checkpoint import check_resume_compatible
+
+    saved = {"batch_size": 3, "grad_accum": 2, "world_size": 2}
+    for batch_size, world_size in ((6, 1), (2, 3), (3, 2)):  # the same 6 examples per micro-batch
+        check_resume_compatible(saved, {"batch_size": batch_size, "grad_accum": 2, "world_size": world_size}, "ck")
+    with pytest.raises(ConfigError, match="world_size was 2 and is now 3"):
+        check_resume_compatible(saved, {"batch_size": 3, "grad_accum": 2, "world_size": 3}, "ck")
+
+
 def test_resume_targets(tmp_path, tiny_gpt):
     with pytest.raises(FileNotFoundError, match="not found"):
         ckpt.resolve_resume(tmp_path, tmp_path / "nope")

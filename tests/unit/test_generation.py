@@ -331,6 +331,20 @@ def test_int4_layer_computes_its_group_dequantized_weight():
     assert not quantize.int4_fits(torch.nn.Linear(64, 50)) and not quantize.int4_fits(torch.nn.Linear(48, 64))
 
 
+def test_decode_step_bytes_count_each_format_once(tiny_gpt):
+    model = tiny_gpt(vocab_size=64, tie_embeddings=True)
+    c, p = model.config.hidden_size, model.config.max_positions
+    everything = sum(t.numel() * t.element_size() for t in model.parameters())
+    # the token table is tied to the LM head (read whole); the position table is looked up (one row)
+    assert quantize.decode_step_bytes(model) == everything - 4 * p * c
+    sizes = {}
+    for dtype in ("fp32", "bf16", "int8"):
+        converted = quantize.prepare_for_inference(tiny_gpt(vocab_size=64, tie_embeddings=True), dtype)
+        sizes[dtype] = quantize.decode_step_bytes(converted)
+    assert sizes["fp32"] == everything - 4 * p * c  # the head reads its own transposed copy, not the table
+    assert sizes["int8"] < 0.6 * sizes["bf16"] < 0.6 * sizes["fp32"]
+
+
 def tmp_path_of(ref, tmp_path: Path) -> Path:
     folder = tmp_path / "ref"
     if not folder.exists():

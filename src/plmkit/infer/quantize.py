@@ -160,6 +160,25 @@ def weight_format(model: nn.Module) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute_dtype(model), "fp32")
 
 
+def decode_step_bytes(model: nn.Module) -> int:
+    """Bytes of weights one decoding step reads: every parameter and buffer in the model's current
+    format (int8 / int4 weights with their scales, biases, norms), except embedding tables, of
+    which a step reads one row per token. Tensors shared between modules count once."""
+    def own(embedding: bool) -> set[int]:
+        return {id(t) for m in model.modules() if isinstance(m, nn.Embedding) == embedding
+                for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))}
+
+    embeddings = own(True) - own(False)  # a table tied to the LM head is read whole by the head
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen or id(t) in embeddings:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
 def prepare_for_inference(model: nn.Module, dtype: str) -> nn.Module:
     """Convert `model` in place to the weight format `dtype` (one of `DTYPES`); returns it.
 

@@ -68,6 +68,71 @@ def lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return loss, n
 
 
+def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+                         chunk: int) -> tuple[Tensor, Tensor]:
+    """`lm_loss` of ``F.linear(h, weight, bias)`` without ever holding the (N, V) logits.
+
+    h (..., E), weight (V, E), bias (V,) or None, labels (...) with -100 = ignored. The rows
+    with a label are projected `chunk` at a time; each chunk's cross-entropy and its gradients
+    (with respect to h, weight and bias) are computed at once and the chunk's logits dropped,
+    so memory holds one (chunk, V) block instead of the logits, their fp32 copy, the
+    log-softmax and its gradient. Matmuls run in the autocast dtype when autocast is on (as
+    F.linear would), softmax and the loss in fp32. Returns (loss, count) like `lm_loss`; the
+    graph it builds may be backpropagated once.
+    """
+    h = h.reshape(-1, h.size(-1))
+    labels = labels.reshape(-1)
+    picked = labels != -100
+    n = picked.sum()
+    loss = _LinearCrossEntropy.apply(h[picked], weight, bias, labels[picked], int(chunk), n.clamp(min=1))
+    return loss, n
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of F.linear(h, weight, bias) against labels, gradients computed in the forward."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk: int,
+                count: Tensor) -> Tensor:  # h (N, E), labels (N,) all real targets
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        with torch.autocast(device, enabled=False):
+            w, x_all = weight.to(dtype), h.to(dtype)
+            grad_h = torch.empty_like(x_all)  # (N, E)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)  # (V, E)
+            grad_b = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=h.device)
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            inv = 1.0 / count.to(torch.float32)
+            for start in range(0, x_all.size(0), max(1, chunk)):
+                x, y = x_all[start: start + chunk], labels[start: start + chunk]
+                z = torch.mm(x, w.t()).float()  # (c, V) logits of this chunk
+                if bias is not None:
+                    z += bias.float()
+                lse = torch.logsumexp(z, dim=-1)  # (c,)
+                total += (lse - z.gather(1, y[:, None]).squeeze(1)).sum()
+                z.sub_(lse[:, None]).exp_()  # softmax, in place
+                z[torch.arange(y.numel(), device=y.device), y] -= 1.0
+                z.mul_(inv)  # d(mean loss) / d(logits)
+                g = z.to(dtype)
+                torch.mm(g, w, out=grad_h[start: start + chunk])
+                grad_w += torch.mm(g.t(), x)
+                if grad_b is not None:
+                    grad_b += z.sum(dim=0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (h.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total * inv
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        scale = grad_out.to(torch.float32)
+        gh = (grad_h * scale).to(h_dtype) if ctx.needs_input_grad[0] else None
+        gw = grad_w.mul_(scale).to(w_dtype) if ctx.needs_input_grad[1] else None
+        gb = grad_b.mul_(scale).to(b_dtype) if grad_b is not None and ctx.needs_input_grad[2] else None
+        return gh, gw, gb, None, None, None
+
+
 def classification_loss(logits: Tensor, labels: Tensor, config: ModelConfig, weight: Tensor | None = None) -> Tensor:
     """Sequence/token classification loss by config.problem_type; logits (..., K)."""
     if config.problem_type == "regression":
@@ -88,6 +153,11 @@ class PretrainedModel(nn.Module):
         self.config = config
         self.class_weights: Tensor | None = None
         """Optional per-class loss weights (K,) for imbalanced classification."""
+
+    loss_chunk: int = 0
+    """Language-model heads in training: > 0 computes the loss with `linear_cross_entropy` over
+    chunks of this many label positions, never holding the full (tokens, V) logits (the output's
+    `logits` is then None); 0 = full logits. Set with `use_chunked_loss`."""
 
     def init_weights(self) -> None:
         init_weights(self, self.config.initializer_range)
@@ -127,3 +197,14 @@ class PretrainedModel(nn.Module):
         from plmkit.models.checkpoint_io import load_model
 
         return load_model(directory, task=cls.task, **overrides)
+
+
+def use_chunked_loss(model: nn.Module, chunk: int) -> bool:
+    """Set `PretrainedModel.loss_chunk` on `model` (0 = full logits); False when `model` is no
+    plmkit model. Only the heads that read it (masked LM, causal LM) change how they compute."""
+    if chunk < 0:
+        raise ValueError(f"loss chunk must be >= 0 label positions, got {chunk}")
+    if not isinstance(model, PretrainedModel):
+        return False
+    model.loss_chunk = int(chunk)
+    return True

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plmkit.config import ModelConfig
-from plmkit.models.base import ModelOutput, PretrainedModel, classification_loss, lm_loss
-from plmkit.models.layers import Transformer, activation
+from plmkit.models.base import ModelOutput, PretrainedModel, classification_loss, linear_cross_entropy, lm_loss
+from plmkit.models.layers import Dropout, Transformer, activation
 
 
 class MLMHead(nn.Module):
@@ -26,9 +26,13 @@ class MLMHead(nn.Module):
         self.decoder = nn.Linear(e, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def transform(self, h: Tensor) -> Tensor:
+        """h (..., C) -> (..., E): what the vocabulary projection reads."""
+        return self.norm(self.act(self.dense(h)))
+
     def forward(self, h: Tensor) -> Tensor:
         """h (..., C) -> logits (..., V)."""
-        return F.linear(self.norm(self.act(self.dense(h))), self.decoder.weight, self.bias)
+        return F.linear(self.transform(h), self.decoder.weight, self.bias)
 
 
 class Pooler(nn.Module):
@@ -101,6 +105,11 @@ class EncoderForMaskedLM(EncoderModel):
         out = ModelOutput(hidden_states=h)
         if labels is None:
             out.logits = self.mlm(h)  # (B, T, V)
+        elif self.loss_chunk and self.training:  # no logits: the loss in chunks (see PretrainedModel.loss_chunk)
+            picked = labels != -100
+            out.mlm_loss, out.n_targets = linear_cross_entropy(self.mlm.transform(h[picked]), self.mlm.decoder.weight,
+                                                               self.mlm.bias, labels[picked], self.loss_chunk)
+            out.loss = out.mlm_loss
         else:
             picked = labels != -100
             out.logits = self.mlm(h[picked])  # (N_masked, V)
@@ -130,7 +139,7 @@ class EncoderForSequenceClassification(EncoderModel):
         super().__init__(config)
         self.pooler = Pooler(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
-        self.drop = nn.Dropout(p)
+        self.drop = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
@@ -154,7 +163,7 @@ class EncoderForTokenClassification(EncoderModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
-        self.drop = nn.Dropout(p)
+        self.drop = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 

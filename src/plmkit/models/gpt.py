@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plmkit.config import ModelConfig
-from plmkit.models.base import ModelOutput, PretrainedModel, classification_loss, lm_loss
+from plmkit.models.base import ModelOutput, PretrainedModel, classification_loss, linear_cross_entropy, lm_loss
 from plmkit.models.layers import KVCache, Transformer
 
 
@@ -53,10 +53,14 @@ class GPTForCausalLM(GPTModel):
         h = self.transformer(input_ids, attention_mask, None, position_ids, segment_ids, cache)  # (B, T, C)
         if last_only:
             h = h[:, -1:].contiguous()  # contiguous: a strided slice makes bf16 matmul copy the weight
+        # Shift the labels, not the logits: slicing (B, T, V) logits would copy them (and their gradient).
+        shifted = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): t predicts t + 1
+        if shifted is not None and self.loss_chunk and self.training:  # no logits (see PretrainedModel.loss_chunk)
+            out = ModelOutput(hidden_states=h)
+            out.loss, out.n_targets = linear_cross_entropy(h, self.lm_head.weight, None, shifted, self.loss_chunk)
+            return out
         out = ModelOutput(logits=self.lm_head(h), hidden_states=h)  # (B, T, V)
-        if labels is not None:
-            # Shift the labels, not the logits: slicing (B, T, V) logits would copy them (and their gradient).
-            shifted = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): position t predicts token t + 1
+        if shifted is not None:
             out.loss, out.n_targets = lm_loss(out.logits, shifted)
         return out
 

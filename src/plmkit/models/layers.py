@@ -8,6 +8,12 @@ Attention always goes through `F.scaled_dot_product_attention` (flash / memory-e
 kernels on GPU). A single boolean mask (B, 1, T, S), True = may attend, expresses padding,
 causality, a KV-cache offset and packed sequences (block-diagonal by `segment_ids`) alike,
 so none of these needs a different code path.
+
+Dropout has two implementations that compute the same function (`use_fast_dropout` picks one;
+the default is torch's): torch's, and a cheaper CPU path that draws its keep-mask 16 bits at a
+time from one 64-bit random word per 4 elements (torch's CPU dropout draws one Bernoulli sample
+per element) and, for attention-probability dropout, runs attention explicitly, since SDPA falls
+back to its slower math path whenever attention dropout is on.
 """
 
 from __future__ import annotations
@@ -30,6 +36,67 @@ _ACTIVATIONS = {
 
 def activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
+
+
+# --------------------------------------------------------------------------- dropout
+
+_MASK_BITS = 16
+"""Random bits per element of a fast dropout mask: the drop probability is realized to 1 / 2**16."""
+
+
+def dropout_mask(like: Tensor, p: float) -> tuple[Tensor, float]:
+    """A keep-mask for dropout with probability `p`: (mask, scale).
+
+    mask has like's shape, dtype and device, 1 where kept and 0 where dropped; scale is
+    1 / (1 - p'), where p' = round(p * 2**16) / 2**16 is the drop probability the mask realizes
+    (|p' - p| <= 2**-17), so ``x * mask * scale`` keeps the expectation of x exactly. Each
+    element reads 16 bits of one full-range 64-bit random word drawn from torch's generator
+    (seeded and checkpointed like any other torch random number).
+    """
+    levels = 1 << _MASK_BITS
+    threshold = round(p * levels)
+    n = like.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), None)
+    r = words.view(torch.int16)[:n].view(like.shape)  # uniform in [-2**15, 2**15)
+    keep = (r >= threshold - levels // 2).view(torch.uint8).to(like.dtype)  # uint8 -> float converts fast
+    return keep, levels / (levels - threshold)
+
+
+def _fast_dropout_applies(fast: bool, p: float, training: bool, x: Tensor) -> bool:
+    """The cheaper path runs on CPU tensors in training, outside torch.compile (which fuses its own)."""
+    return fast and training and p > 0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with the cheaper CPU mask as an option (``fast``, see `use_fast_dropout`)."""
+
+    fast: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _fast_dropout_applies(self.fast, self.p, self.training, x):
+            return super().forward(x)
+        keep, scale = dropout_mask(x, self.p)
+        return torch.mul(x, keep).mul_(scale)
+
+    def residual(self, x: Tensor, h: Tensor) -> Tensor:
+        """x + dropout(h), in one pass on the fast path."""
+        if not _fast_dropout_applies(self.fast, self.p, self.training, h):
+            return x + super().forward(h)
+        keep, scale = dropout_mask(h, self.p)
+        if x.dtype != h.dtype:  # addcmul takes one dtype; the residual stream keeps its own
+            return x + torch.mul(h, keep).mul_(scale)
+        return torch.addcmul(x, h, keep, value=scale)
+
+
+def use_fast_dropout(model: nn.Module, enabled: bool = True) -> None:
+    """Switch every `Dropout` and `Attention` of `model` to the cheaper CPU dropout (or back).
+
+    Both paths drop each element independently with the configured probability and rescale
+    the kept ones; they draw different random numbers, so runs differ in which elements drop.
+    """
+    for module in model.modules():
+        if isinstance(module, (Dropout, Attention)):
+            module.fast = enabled
 
 
 # --------------------------------------------------------------------------- masks
@@ -56,7 +123,7 @@ def build_attention_mask(
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, :].bool()
         return mask, False
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or known_all_real(attention_mask):
         if not causal or query_len == 1:
             return None, False
         if past_len == 0:
@@ -69,6 +136,17 @@ def build_attention_mask(
     # A padding query may see no key at all; let it see itself so SDPA yields no NaN.
     # Its output is never used.
     return mask | _diagonal(query_len, key_len, past_len, attention_mask.device), False
+
+
+def known_all_real(mask: Tensor) -> bool:
+    """Whether a padding mask (B, S) is known to mark every position real, without a device sync.
+
+    On the CPU the answer is read from the mask (cheap; an all-real mask keeps SDPA's fast paths).
+    On an accelerator, reading it would wait for the device on every forward, so the answer is
+    False: the mask is then built and applied, which gives the same result (an all-True mask
+    masks nothing). Callers that know there is no padding pass no mask at all.
+    """
+    return mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all())
 
 
 def _device(t: Tensor | None) -> torch.device | None:
@@ -160,8 +238,31 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- blocks
 
 
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float) -> Tensor:
+    """softmax(q k^T / sqrt(D) + mask) with fast dropout, times v: what SDPA computes with dropout_p=p.
+
+    q (B, H, T, D), k and v (B, H, S, D), mask (B, 1, T, S) True = may attend -> (B, H, T, D).
+    A query that may attend to nothing gets uniform weights instead of NaN (its output is unused).
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1))  # (B, H, T, S)
+    if is_causal:
+        mask = _causal(q.size(-2), k.size(-2), 0, q.device)[None, None]
+    if mask is None:
+        scores = scores.mul_(1.0 / math.sqrt(q.size(-1)))
+    else:
+        bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+        bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # (B, 1, T, S), finite: no NaN rows
+        scores = torch.add(bias, scores, alpha=1.0 / math.sqrt(q.size(-1)))
+    probs = scores.softmax(dim=-1)
+    keep, scale = dropout_mask(probs, p)
+    return torch.matmul(torch.mul(probs, keep).mul_(scale), v)
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention (fused qkv) or cross-attention (q from x, kv from memory)."""
+
+    fast: bool = False
+    """Attention-probability dropout through `_explicit_attention` (see `use_fast_dropout`)."""
 
     def __init__(self, config: ModelConfig, cross: bool = False) -> None:
         super().__init__()
@@ -201,7 +302,10 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        if _fast_dropout_applies(self.fast, p, self.training, q):
+            y = _explicit_attention(q, k, v, mask, is_causal, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         b, h, t, d = y.shape
         return self.proj(y.transpose(1, 2).reshape(b, t, h * d))  # (B, T, C)
 
@@ -243,12 +347,12 @@ class Block(nn.Module):
         self.ln_cross = nn.LayerNorm(c, eps=eps) if cross else None
         self.mlp = MLP(config)
         self.ln_mlp = nn.LayerNorm(c, eps=eps)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
 
     def _sublayer(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
         if self.pre_norm:
-            return x + self.drop(fn(norm(x)))
-        return norm(x + self.drop(fn(x)))
+            return self.drop.residual(x, fn(norm(x)))
+        return norm(self.drop.residual(x, fn(x)))
 
     def forward(
         self,
@@ -285,7 +389,7 @@ class Embeddings(nn.Module):
         )
         self.token_type = nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size > 0 else None
         self.norm = nn.LayerNorm(e, eps=config.layer_norm_eps) if config.norm == "post" else None
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.proj = nn.Linear(e, config.hidden_size) if e != config.hidden_size else None
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
@@ -327,8 +431,9 @@ class Transformer(nn.Module):
             return (torch.cumsum(real, dim=1) + past_len) * real + cfg.pad_token_id
         t = input_ids.size(1)
         pos = torch.arange(past_len, past_len + t, device=input_ids.device)[None].expand(input_ids.size(0), t)
-        if attention_mask is not None and self.causal and not bool(attention_mask.all()):
-            # Left-padded prompts: count positions from each row's first real token.
+        if attention_mask is not None and self.causal:
+            # Left-padded prompts: count positions from each row's first real token (for a row
+            # without padding this is past_len.., the same as above; no device sync to tell them apart).
             pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)[:, past_len : past_len + t]
         return pos + cfg.position_offset
 
@@ -359,13 +464,15 @@ class Transformer(nn.Module):
             position_ids = self.default_positions(input_ids, past, attention_mask)
         x = self.emb(input_ids, position_ids, token_type_ids)
         mask, is_causal = build_attention_mask(attention_mask, input_ids.size(1), past, self.causal, segment_ids)
-        cross_mask = None if memory_mask is None or bool(memory_mask.all()) else memory_mask[:, None, None, :].bool()
+        cross_mask = None if memory_mask is None or known_all_real(memory_mask) else memory_mask[:, None, None, :].bool()
         rope = None
         if self.config.position == "rotary":
             rope = rotary_tables(position_ids, self.config.head_dim, self.config.rotary_base, x.dtype)
         for i in range(self.num_layers):
             block = self.blocks[0 if self.config.share_layers else i]
-            x = block(x, mask, is_causal, rope, cache, i, memory, cross_mask)
+            # the layer index matters to the cache only; a constant otherwise lets every block of a
+            # compiled model (train/compiling.py) reuse one graph instead of specializing on i
+            x = block(x, mask, is_causal, rope, cache, i if cache is not None else 0, memory, cross_mask)
         if cache is not None:
             cache.length += input_ids.size(1)
         return self.norm_f(x) if self.norm_f is not None else x

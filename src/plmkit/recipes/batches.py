@@ -20,6 +20,9 @@ import torch
 from plmkit.data.tasks import collate
 
 Feature = Mapping[str, Any]
+DEFAULT_BUCKET = 32
+"""Fine-tuning's default length bucketing: sort within windows of 32 global batches. Short texts
+(10-60 tokens) then pay for the longest of 32 similar lengths instead of the longest of a random 32."""
 Batch = dict[str, torch.Tensor]
 _ORDER_SALT = 0xF1E7
 
@@ -37,8 +40,9 @@ class FeatureBatches:
         pad_id: padding id for ``input_ids`` (labels pad with -100, masks with 0).
         seed: seed of the per-epoch permutations.
         shuffle: False visits features in their given order every epoch.
-        bucket: 0 = plain shuffling; k > 0 = within each window of k global batches of the
-            shuffled order, sort by length before cutting batches, then shuffle the batches.
+        bucket: 0 = plain shuffling; k > 0 (default `DEFAULT_BUCKET`) = within each window of k
+            global batches of the shuffled order, sort by length before cutting batches, then
+            shuffle the batches (every batch is still a random draw of lengths-alike examples).
         keys: the feature keys to put in batches (None = all), e.g. `plmkit.infer.batching.input_names(model)`.
 
     One `iter()` yields the rest of the current epoch; the training loop calls `iter()`
@@ -49,7 +53,7 @@ class FeatureBatches:
     """
 
     def __init__(self, features: Sequence[Feature], batch_size: int, pad_id: int, *, seed: int = 0,
-                 shuffle: bool = True, bucket: int = 0, keys: Sequence[str] | frozenset[str] | None = None) -> None:
+                 shuffle: bool = True, bucket: int = DEFAULT_BUCKET, keys: Sequence[str] | frozenset[str] | None = None) -> None:
         if not features:
             raise ValueError("no training features: the training file gave no examples")
         if batch_size < 1:

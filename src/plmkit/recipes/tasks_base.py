@@ -24,6 +24,7 @@ from plmkit.errors import UserError
 from plmkit.extras import require
 from plmkit.heads import RECIPE_PIPELINES, recipe_heads
 from plmkit.recipes.adapt import AdaptConfig
+from plmkit.recipes.batches import DEFAULT_BUCKET
 from plmkit.recipes.defaults import AUTO_FIELDS, unset_fields
 from plmkit.rundir import hub_hint, model_dir
 from plmkit.train.loop import TrainConfig
@@ -77,8 +78,9 @@ class FinetuneConfig:
     """Train on this random fraction of the training examples (drawn with train.seed)."""
     eval_batch_size: int = 64
     """Examples per batch at evaluation and prediction."""
-    bucket: int = 0
-    """Length bucketing of training batches: sort within windows of this many batches (0 = off)."""
+    bucket: int = DEFAULT_BUCKET
+    """Length bucketing of training batches: sort within windows of this many batches, so a batch of
+    short texts is not padded to a long one (0 = off: plain shuffled batches)."""
     resume: str | None = None
     """"auto" (newest checkpoint in out, if any) or a checkpoint path."""
     train: TrainConfig = field(default_factory=default_train)

@@ -4,6 +4,9 @@ A checkpoint is a folder ``checkpoint-{step:08d}`` holding
 
     model.safetensors                      weights (tied tensors stored once, aliases in metadata)
     optimizer.json + optimizer.safetensors optimizer state: tensors flattened, the rest as JSON
+      or, for FSDP2 runs, instead of those two:
+    sharded/                               weights and optimizer state as torch.distributed.checkpoint
+                                           shards: each rank writes its own, nothing is gathered
     trainer_state.json                     step, counters, batch geometry, the training config
     rng-rank{r}.json/.safetensors          python, numpy, torch CPU (and CUDA) RNG states per rank
     stream-rank{r}.json/.safetensors       the data stream's state_dict() per rank
@@ -11,7 +14,11 @@ A checkpoint is a folder ``checkpoint-{step:08d}`` holding
                                            a folder without it does not count
 
 It is written to a hidden temp folder, every file fsynced, then renamed into place, so a
-crash leaves either the whole checkpoint or none. Nothing is ever unpickled: loading reads
+crash leaves either the whole checkpoint or none. A sharded checkpoint loads into any number of
+processes (FSDP2 reshards; a single process loads full tensors), and so does a full one: a resume
+may regroup the ranks as long as the global micro-batch (batch_size x world_size) and grad_accum
+stay the same, which keeps every optimizer step's examples (the data streams count positions in
+global batches; a rank that did not exist reads rank 0's stream state and is seeded afresh). Nothing is ever unpickled: loading reads
 only safetensors and JSON, so a checkpoint someone hands you cannot run code.
 
 Before writing, the free space is compared with the size of the newest checkpoint; when it is
@@ -30,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -53,7 +61,10 @@ _NAME = re.compile(r"^checkpoint-(\d{8})$")
 _TMP_PREFIX = ".tmp-checkpoint-"
 _TRASH_PREFIX = ".trash-checkpoint-"
 RESUME_FIELDS = ("batch_size", "grad_accum", "world_size")
-"""Fields that must match between a checkpoint and the run resuming it (they fix the data order)."""
+"""Fields that fix the data order: grad_accum and batch_size x world_size must match between a
+checkpoint and the run resuming it (the ranks may be regrouped)."""
+SHARDED_DIR = "sharded"
+"""The torch.distributed.checkpoint folder of an FSDP2 checkpoint."""
 
 
 # --------------------------------------------------------------------------- tree codec
@@ -356,20 +367,26 @@ def save_checkpoint(
     out = Path(out_dir)
     tmp = out / f"{_TMP_PREFIX}{step:08d}"
     final = out / checkpoint_name(step)
-    weights = full_state_dict(model)
-    together(env, lambda: _make_room(out, tmp, step, weights, keep_last) if env.is_main else None)
-    optim_state = _optimizer_state(model, optimizer)
+    sharded = is_fsdp(model)
+    weights = {} if sharded else full_state_dict(model)
+    size = sum(p.numel() * p.element_size() for p in unwrap(model).parameters()) if sharded else \
+        sum(t.numel() * t.element_size() for t in weights.values())
+    together(env, lambda: _make_room(out, tmp, step, size, keep_last) if env.is_main else None)
+    optim_state = None if sharded else _optimizer_state(model, optimizer)
 
     def write() -> None:
         with no_space_as_error(tmp, f"the checkpoint of step {step} was not written; the previous checkpoint "
                                     "is intact. Free some space, then continue with --resume auto"):
             written: list[Path] = []
-            if env.is_main:
+            if sharded:  # a collective: every rank writes its shards, fsynced by the writer
+                _save_sharded(tmp / SHARDED_DIR, model, optimizer)
+            if env.is_main and not sharded:
                 kept, aliases = _dedupe(weights)
                 save_file(kept, str(tmp / "model.safetensors"),
                           metadata={"format": "pt", "aliases": json.dumps(aliases)})
                 written.append(tmp / "model.safetensors")
                 written += write_tree(tmp, "optimizer", optim_state)
+            if env.is_main:
                 state = dict(trainer_state, step=step)
                 (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
                 written.append(tmp / "trainer_state.json")
@@ -406,7 +423,7 @@ def together(env: DistEnv, action: Any) -> None:
         raise error
 
 
-def _make_room(out: Path, tmp: Path, step: int, weights: dict[str, torch.Tensor], keep_last: int) -> None:
+def _make_room(out: Path, tmp: Path, step: int, weight_bytes: int, keep_last: int) -> None:
     """Create the empty temp folder once the space for a checkpoint is known to be there.
 
     The size is that of the newest checkpoint (or three times the weights: weights plus AdamW's
@@ -419,7 +436,7 @@ def _make_room(out: Path, tmp: Path, step: int, weights: dict[str, torch.Tensor]
     if existing:
         needed = sum(f.stat().st_size for f in existing[-1].iterdir() if f.is_file())
     else:
-        needed = 3 * sum(t.numel() * t.element_size() for t in weights.values())
+        needed = 3 * weight_bytes
     needed = int(needed * 1.05) + (1 << 20)
     doomed = existing[:-(keep_last - 1)] if keep_last > 1 else []
     while free_bytes(out) < needed and doomed:
@@ -437,7 +454,8 @@ def _make_room(out: Path, tmp: Path, step: int, weights: dict[str, torch.Tensor]
 def _publish(tmp: Path, final: Path, step: int) -> None:
     """Mark `tmp` complete (recording each file's size and CRC-32) and rename it to `final`
     (replacing an older folder of that step)."""
-    files = {f.name: {"size": f.stat().st_size, "crc32": _crc32(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
+    files = {f.relative_to(tmp).as_posix(): {"size": f.stat().st_size, "crc32": _crc32(f)}
+             for f in sorted(tmp.rglob("*")) if f.is_file()}
     marker = tmp / MARKER
     marker.write_text(json.dumps({"step": step, "files": files}, indent=1) + "\n", encoding="utf-8")
     _fsync(marker)
@@ -502,7 +520,17 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
-    """Raise ConfigError naming every field of RESUME_FIELDS that differs between runs."""
+    """Raise ConfigError naming every field of RESUME_FIELDS that differs between runs, unless only
+    the ranks are regrouped (batch_size x world_size and grad_accum unchanged)."""
+    def global_batch(state: dict[str, Any]) -> Any:
+        try:
+            return int(state["batch_size"]) * int(state["world_size"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    if saved.get("grad_accum") == current.get("grad_accum") and global_batch(saved) is not None and \
+            global_batch(saved) == global_batch(current):
+        return
     changed = [
         f"{name} was {saved.get(name)} and is now {current.get(name)}"
         for name in RESUME_FIELDS
@@ -511,7 +539,8 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], path
     if changed:
         raise ConfigError(
             f"cannot resume from {path}: {'; '.join(changed)}. These fix which examples form each "
-            "step, so an exact resume needs the same values; restore them or start a new run"
+            "step, so an exact resume needs the same grad_accum and batch_size x world_size (the global "
+            "micro-batch); restore them or start a new run"
         )
 
 
@@ -532,14 +561,24 @@ def load_model_weights(path: str | Path, model: nn.Module) -> None:
 def load_optimizer_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load optimizer.json/.safetensors, keeping this optimizer's kernel choice (fused/foreach)."""
     state = read_tree(Path(path), "optimizer")
-    impl_keys = ("fused", "foreach", "capturable", "differentiable")
-    impl = [{k: g[k] for k in impl_keys if k in g} for g in optimizer.param_groups]
+    impl = _kernel_choice(optimizer)
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(_by_position(state, _position_names(model, optimizer), path))
+    _restore_kernel_choice(optimizer, impl)
+
+
+_IMPL_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _kernel_choice(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    return [{k: g[k] for k in _IMPL_KEYS if k in g} for g in optimizer.param_groups]
+
+
+def _restore_kernel_choice(optimizer: torch.optim.Optimizer, impl: list[dict[str, Any]]) -> None:
     for group, keep in zip(optimizer.param_groups, impl):
         group.update(keep)
 
@@ -605,8 +644,47 @@ def load_checkpoint(
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     state = read_trainer_state(path)
     check_resume_compatible(state, current, path)
-    load_model_weights(path, model)
-    load_optimizer_state(path, model, optimizer)
-    stream.load_state_dict(read_tree(path, f"stream-rank{env.rank}"))
-    restore_rng_state(read_tree(path, f"rng-rank{env.rank}"))
+    if (path / SHARDED_DIR).is_dir():
+        _load_sharded(path / SHARDED_DIR, model, optimizer)
+    else:
+        load_model_weights(path, model)
+        load_optimizer_state(path, model, optimizer)
+    own = (path / f"stream-rank{env.rank}.json").is_file()  # a rank the saving run did not have reads rank 0's
+    stream.load_state_dict(read_tree(path, f"stream-rank{env.rank if own else 0}"))
+    if (path / f"rng-rank{env.rank}.json").is_file():
+        restore_rng_state(read_tree(path, f"rng-rank{env.rank}"))
+    else:
+        seed_everything(int(state.get("config", {}).get("seed", 0)) + env.rank + int(state.get("step", 0)))
     return state
+
+
+def _save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Weights and optimizer state of an FSDP2 model, each rank writing its own shards (no gather)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(unwrap(model), optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(directory))
+
+
+def _load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load a sharded checkpoint into `model` and `optimizer` at this run's world size: FSDP2 takes
+    its own shards, a single process or DDP the full tensors. Keeps the optimizer's kernel choice."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    inner = unwrap(model)
+    impl = _kernel_choice(optimizer)
+    model_state, optim_state = get_state_dict(inner, optimizer)  # this run's layout, filled by dcp.load
+    state = {"model": model_state, "optimizer": optim_state}
+    single = not (dist.is_available() and dist.is_initialized())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: intended
+            dcp.load(state, checkpoint_id=str(directory), no_dist=single)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise IntegrityError(f"{directory}: the sharded checkpoint does not load into this model ({e})") from None
+    set_state_dict(inner, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    optimizer.zero_grad(set_to_none=True)  # get_state_dict filled zero gradients to create the state
+    _restore_kernel_choice(optimizer, impl)

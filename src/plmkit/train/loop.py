@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,13 @@ from tqdm.auto import tqdm
 from plmkit.config import ConfigError
 from plmkit.errors import Interrupted, NonFiniteError, UserError
 from plmkit.files import atomic_write_text
-from plmkit.models.base import eval_mode
+from plmkit.models.base import eval_mode, use_chunked_loss
+from plmkit.models.layers import use_fast_dropout
 from plmkit.outputs import RUN, OutputClaim, claim_output
 from plmkit.rundir import FINAL_DIR, LOSS_PLOT, RUN_FILE
 from plmkit.train import checkpoint as ckpt
+from plmkit.train.allocator import apply_malloc_setting
+from plmkit.train.blockwise import BlockRunner, compiled_graphs, compiler_available, decide_compile, step_timer
 from plmkit.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -110,8 +114,29 @@ class TrainConfig:
     """Write a metrics record (mean loss over the window) every this many steps."""
     seed: int = 0
     """Seed of python, numpy and torch at the start of a fresh run (rank r uses seed + r)."""
-    compile: bool = False
-    """Run the forward pass through torch.compile."""
+    compile: bool | Literal["auto"] = "auto"
+    """Compile each Transformer block with torch.compile (regional; heads and loss stay eager; see
+    plmkit.train.blockwise). "auto" compiles where it was measured to pay: CUDA runs of at least
+    1000 steps (blockwise.AUTO_MIN_STEPS); CPU runs stay eager. A failed compile falls back to eager
+    with a warning; the compile time is logged (a "compile" record in metrics.jsonl)."""
+    compile_shapes: Literal["dynamic", "static"] = "dynamic"
+    """Compiled runs: "dynamic" = torch's policy (static first, a changing length recompiled once as
+    dynamic); "static" = every shape static, micro-batch lengths padded to a multiple of compile_bucket."""
+    compile_bucket: int = 32
+    """compile_shapes=static: pad each micro-batch's length up to a multiple of this (few shapes, each
+    compiled once; set it to the row length of packed pretraining data for exactly one shape)."""
+    activation_checkpointing: bool = False
+    """Recompute each Transformer block's activations in the backward pass instead of keeping them
+    (less memory for large models, about one more forward pass of time); gradients are unchanged."""
+    fast_dropout: bool = False
+    """CPU: draw dropout masks 16 bits at a time and run attention-probability dropout explicitly
+    (plmkit.models.layers.use_fast_dropout); the same dropout, other random draws. No effect on GPU."""
+    loss_chunk: int = 0
+    """> 0: compute the language-model loss over chunks of this many label positions without the full
+    (tokens, vocabulary) logits (plmkit.models.base.linear_cross_entropy); 0 = full logits."""
+    malloc: Literal["default", "retain"] = "default"
+    """CPU: "retain" makes glibc malloc keep freed memory for reuse (no per-step page faults on large
+    tensors; see plmkit.train.allocator). tcmalloc is used when preloaded (LD_PRELOAD)."""
     fused_adamw: bool | Literal["auto"] = "auto"
     """torch's fused AdamW kernel: "auto" uses it where the device supports it."""
     device: str = "auto"
@@ -131,11 +156,12 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {list(self.betas)}")
-        positive = ("lr", "max_steps", "batch_size", "grad_accum", "log_every", "eps")
+        positive = ("lr", "max_steps", "batch_size", "grad_accum", "log_every", "eps", "compile_bucket")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        at_least_zero = ("warmup_steps", "eval_every", "save_every", "keep_last", "weight_decay", "max_nonfinite_skips")
+        at_least_zero = ("warmup_steps", "eval_every", "save_every", "keep_last", "weight_decay", "max_nonfinite_skips",
+                         "loss_chunk")
         for name in at_least_zero:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
@@ -201,6 +227,8 @@ class TrainResult:
     """out_dir/final written by model.save_pretrained, or None if the model has no such method."""
     resumed_from: Path | None
     stopped_early: bool
+    compile_s: float = 0.0
+    """Wall time of the steps that compiled (0 when nothing was compiled)."""
 
 
 @dataclass
@@ -286,7 +314,7 @@ class _Trainer:
         self.precision = resolve_precision(cfg.precision, self.env.device)
         self.inner = model.to(self.env.device)
         self.model = parallelize(self.inner, self.env, cfg.parallel)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.blocks = self.block_runner()
         self.optimizer = build_optimizer(self.inner, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.fused_adamw,
                                          cfg.layer_decay)
         self.params = [p for p in self.inner.parameters() if p.requires_grad]
@@ -306,6 +334,31 @@ class _Trainer:
         self.inputs: list[str | Path] = []
 
     # ----------------------------------------------------------------------- setup
+
+    def block_runner(self) -> BlockRunner:
+        """Apply the step's speed settings to the model: compiled / checkpointed blocks, fast
+        dropout, chunked loss, the allocator (each logged)."""
+        cfg, device = self.cfg, self.env.device
+        compile_on, why = decide_compile(cfg.compile, device, cfg.max_steps)
+        usable, missing = compiler_available(device)
+        if compile_on and not usable:
+            warnings.warn(f"train.compile: {missing}; training without compiling", stacklevel=3)
+            compile_on, why = False, missing
+        runner = BlockRunner(self.inner, compile=compile_on, checkpointing=cfg.activation_checkpointing,
+                             shapes=cfg.compile_shapes)
+        use_fast_dropout(self.inner, cfg.fast_dropout)
+        use_chunked_loss(self.inner, cfg.loss_chunk)
+        allocator = apply_malloc_setting(cfg.malloc) if device.type == "cpu" else "allocator: device"
+        if self.env.is_main:
+            logger.info("compile: %s (%s); activation checkpointing: %s; %s", "on" if runner.compiled else "off", why,
+                        "on" if runner.checkpointing else "off", allocator)
+        return runner
+
+    def restore_model(self) -> None:
+        """Give the user's model back as it came: plain blocks, torch dropout, full logits."""
+        self.blocks.restore()
+        use_fast_dropout(self.inner, False)
+        use_chunked_loss(self.inner, 0)
 
     def geometry(self) -> dict[str, int]:
         """The fields a resume must keep (see checkpoint.RESUME_FIELDS)."""
@@ -393,39 +446,82 @@ class _Trainer:
             except StopIteration:
                 raise ValueError("the data stream yielded no batches") from None
         dev = self.env.device
+        if dev.type != "cpu":
+            batch = _without_full_mask(batch)
         return {k: v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def micro_step(self, batch: dict[str, Any], sync: bool) -> Tensor:
-        """Forward + backward of one micro-batch with loss * n_targets; returns [loss*n, n, tokens]."""
+    def micro_batches(self) -> list[tuple[dict[str, Any], Tensor]]:
+        """The step's grad_accum micro-batches, each as the model will see it (padded under static
+        compiled shapes) with its count of real input tokens (taken before any padding)."""
+        out = []
+        for _ in range(self.cfg.grad_accum):
+            batch = self.next_batch()
+            tokens = _count_tokens(batch, self.env.device)
+            out.append((self.blocks.prepare(batch, self.pad_id, self.cfg.compile_bucket), tokens))
+        return out
+
+    @property
+    def pad_id(self) -> int:
+        return int(getattr(getattr(self.inner, "config", None), "pad_token_id", 0) or 0)
+
+    def micro_step(self, batch: dict[str, Any], tokens: Tensor, sync: bool) -> Tensor:
+        """Forward + backward of one micro-batch with loss * n_targets; returns [loss*n, n, tokens].
+
+        Gradients accumulate in place in each parameter's .grad (the first micro-batch's backward
+        creates them); nothing is copied between micro-batches.
+        """
         with gradient_sync(self.model, sync):
             with self.autocast():
-                out = self.forward(**batch)
+                out = self.model(**batch)
             loss = getattr(out, "loss", None)
             if loss is None:
                 raise ValueError(f"the model returned no loss; does the batch have labels? keys: {sorted(batch)}")
             n = _n_targets(out, batch, loss.device)
             (loss * n).backward()
-        tokens = _count_tokens(batch, loss.device)
         dtype = torch.float32 if loss.device.type == "mps" else torch.float64
-        return torch.stack([loss.detach().to(dtype) * n, n.to(dtype), tokens.to(dtype)])
+        return torch.stack([loss.detach().to(dtype) * n, n.to(dtype), tokens.to(loss.device, dtype)])
+
+    def accumulate(self, step: int, batches: list[tuple[dict[str, Any], Tensor]]) -> Tensor:
+        """All micro-batches of a step; a step that compiles is timed, and if compiling fails it
+        runs again eagerly from the same (empty) gradients and RNG state."""
+        def run() -> Tensor:
+            last = len(batches) - 1
+            return sum(self.micro_step(b, n, i == last) for i, (b, n) in enumerate(batches))  # type: ignore[return-value]
+
+        if not self.blocks.is_new_shape([b for b, _ in batches]):
+            return run()
+        rng, elapsed, graphs = ckpt.capture_rng_state(), step_timer(), compiled_graphs()
+        try:
+            totals = run()
+        except Exception as error:  # noqa: BLE001 - this step compiled: retried eagerly, a real error recurs there
+            self.blocks.retry_eagerly(error)
+            self.optimizer.zero_grad(set_to_none=True)
+            ckpt.restore_rng_state(rng)
+            return run()
+        seconds = elapsed()
+        if not self.blocks.count_compile(seconds, graphs):
+            return totals
+        self.log.log({"kind": "compile", "step": step, "seconds": seconds, "shapes": self.blocks.compiled_shapes})
+        if self.env.is_main:
+            logger.info("step %d: compiled the blocks for a new input shape in %.1f s (%d shapes, %.1f s so far)",
+                        step, seconds, self.blocks.compiled_shapes, self.blocks.compile_seconds)
+        return totals
 
     def train_step(self, step: int) -> _StepStats:
         """One optimizer step: accumulate, normalize by the global target count, clip, guard, update."""
         cfg = self.cfg
         lr = cfg.lr_at(step)
-        totals = sum(self.micro_step(self.next_batch(), i == cfg.grad_accum - 1) for i in range(cfg.grad_accum))
+        totals = self.accumulate(step, self.micro_batches())
         stop = torch.tensor([float(self.signal is not None)], dtype=totals.dtype, device=totals.device)
         loss_sum, n_total, tokens, stops = all_reduce_sum(torch.cat([totals, stop]), self.env).tolist()
         self.stop_requested = stops > 0  # every rank sees the same sum: all stop after the same step
         loss = loss_sum / n_total if n_total > 0 else math.nan
         grads = [p.grad for p in self.params if p.grad is not None]
-        if n_total > 0 and grads:
-            # each rank holds the (DDP/FSDP-averaged) sum of loss_i * n_i; make it the global mean
-            torch._foreach_mul_(grads, self.env.world_size / n_total)
-        norm = self.clip_gradients() if grads else 0.0
+        # each rank holds the (DDP/FSDP-averaged) sum of loss_i * n_i: world / n_total makes it the global mean
+        norm = self.scale_and_clip(grads, self.env.world_size / n_total if n_total > 0 else 1.0) if grads else 0.0
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.handle_nonfinite(step, loss, norm)
             return _StepStats(loss, norm, lr, int(tokens), skipped=True)
@@ -434,13 +530,17 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return _StepStats(loss, norm, lr, int(tokens), skipped=False)
 
-    def clip_gradients(self) -> float:
-        """Clip to cfg.clip_norm (when set) and return the global gradient norm before clipping."""
+    def scale_and_clip(self, grads: list[Tensor], scale: float) -> float:
+        """Multiply the gradients by `scale`, clipped to cfg.clip_norm (when set), in one pass over
+        them; returns the global norm of the scaled gradients before clipping."""
+        norm = _total_norm(grads) * scale
+        if not math.isfinite(norm):
+            return norm  # the step is skipped: no need to touch the gradients
         max_norm = self.cfg.clip_norm if self.cfg.clip_norm else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
-            norm = norm.full_tensor()
-        return float(norm)
+        factor = scale * min(1.0, max_norm / (norm + 1e-6))
+        if factor != 1.0:
+            torch._foreach_mul_(grads, factor)
+        return norm
 
     def handle_nonfinite(self, step: int, loss: float, norm: float) -> None:
         """Skip the update, or stop with NonFiniteError once the allowance is used up."""
@@ -483,7 +583,7 @@ class _Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Run eval_fn on the user's model in eval mode; log and return its metrics."""
-        with eval_mode(self.inner), torch.no_grad(), self.autocast():
+        with eval_mode(self.inner), torch.no_grad(), self.autocast(), self.blocks.eager():
             raw = self.eval_fn(self.inner)  # type: ignore[misc]
         if not isinstance(raw, Mapping):
             raise TypeError(f"eval_fn must return a mapping of metric name -> number, got {type(raw).__name__}")
@@ -542,6 +642,7 @@ class _Trainer:
             return self.finish(started, start_step, resumed_from, stopped)
         finally:
             self.restore_signals()
+            self.restore_model()
             if self.claim is not None:
                 self.claim.release()
 
@@ -601,6 +702,7 @@ class _Trainer:
             eval_history=self.eval_history, tokens_seen=self.progress.tokens_seen,
             skipped_steps=self.progress.nonfinite_skips, elapsed_s=time.perf_counter() - started,
             last_checkpoint=self.last_saved, final_dir=final_dir, resumed_from=resumed_from, stopped_early=stopped,
+            compile_s=self.blocks.compile_seconds,
         )
 
 
@@ -662,6 +764,27 @@ def _check_tokenizer(tokenizer: Any, model_dir: Path) -> None:
             f"{'; '.join(differences)}. The model's token ids would mean other tokens. Use the model's tokenizer "
             f"(--tokenizer {model_dir}), or rebuild the shards with it: plmkit prepare CORPUS --tokenizer "
             f"{model_dir} -o NEW_SHARDS")
+
+
+def _without_full_mask(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without its attention_mask when that marks every token real (read while still on
+    the host: free). Models treat a missing mask as all real, and on a GPU the model then keeps
+    SDPA's flash kernels (no mask) without reading the mask back from the device."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.device.type == "cpu" and bool(mask.all()):
+        return {k: v for k, v in batch.items() if k != "attention_mask"}
+    return batch
+
+
+def _total_norm(grads: list[Tensor]) -> float:
+    """The global 2-norm of `grads` (plain tensors, or FSDP2's DTensor shards)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        norm = torch.nn.utils.get_total_norm(grads)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 def _n_targets(out: Any, batch: dict[str, Any], device: torch.device) -> Tensor:
