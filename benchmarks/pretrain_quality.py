@@ -24,6 +24,7 @@ Writes OUT/summary.json and OUT/curve.png (accuracy / F1 by label fraction for e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -114,6 +115,8 @@ def main() -> None:
     parser.add_argument("--embeddings", choices=("cooccurrence", "random"), default="cooccurrence")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="pretraining overrides")
     parser.add_argument("--tasks", default="sst2,agnews,conll")
+    parser.add_argument("--fractions", default=None,
+                        help="comma-separated label fractions for every classification task (default: each task's own)")
     parser.add_argument("--lrs", default=None, help="comma-separated LRs searched for both sides (default: plmkit's own)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds at label fractions under 50%")
     parser.add_argument("--hf-minutes", type=float, default=0.0, help="transformers + Trainer MLM reference budget")
@@ -147,7 +150,10 @@ def main() -> None:
     all_tasks = tasks()
     for name in args.tasks.split(","):
         print(f"== {name}", flush=True)
-        summary["tasks"][name] = finetune_runs(all_tasks[name], result.final_dir, out / "finetune", lrs, args.seeds)
+        task = all_tasks[name]
+        if args.fractions and task.recipe == "classification":
+            task = dataclasses.replace(task, fractions=tuple(float(x) for x in args.fractions.split(",")))
+        summary["tasks"][name] = finetune_runs(task, result.final_dir, out / "finetune", lrs, args.seeds)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["load_average_end"] = os.getloadavg()[0]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -2,8 +2,10 @@
 
 1. trains a WordPiece and a byte-level BPE tokenizer,
 2. tokenizes the corpora into shards,
-3. pretrains a small BERT (MLM + NSP) and a small GPT (next-token prediction),
-4. fine-tunes the BERT for sentiment (SST-2 sample), next to the same model from scratch,
+3. pretrains a small BERT (co-occurrence embeddings, then masked LM) on the English samples and the
+   SST-2 training sentences without their labels, and a small GPT (next-token prediction),
+4. fine-tunes the BERT for sentiment (SST-2 sample) with 10% and with all of the labels, next to the
+   same model from scratch, with plmkit's fine-tuning defaults for each,
 5. generates text with the GPT and fills masks with the BERT,
 and prints a summary; ``report.html`` (one self-contained page, `plmkit.recipes.report`) shows
 every loss curve with its evaluations, the pretrained-vs-scratch accuracy, the samples and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -76,17 +79,20 @@ def train_tokenizers(data: Path, out: Path) -> tuple[Path, Path]:
 
 def pretrain_models(data: Path, out: Path, wordpiece: Path, bpe: Path, scale: float) -> dict:
     _banner("2. token shards")
-    bert_shards = prepare([data / "wikitext2-valid.txt", data / "tinyshakespeare.txt"], wordpiece,
+    # The SST-2 training sentences without their labels join the BERT's text (task-adaptive
+    # pretraining); the dev sentences never do.
+    task_text = out / "sst2-train-sentences.txt"
+    task_text.write_text("\n".join(_lines(data / "sst2-train.tsv", column=0)) + "\n", encoding="utf-8")
+    bert_shards = prepare([data / "wikitext2-valid.txt", data / "tinyshakespeare.txt", task_text], wordpiece,
                           out / "shards-bert", holdout=0.02)
     gpt_shards = prepare([data / "tinyshakespeare.txt"], bpe, out / "shards-gpt", holdout=0.02)
 
-    _banner("3a. pretraining a small BERT (masked LM + next-sentence prediction)")
+    _banner("3a. pretraining a small BERT (co-occurrence embeddings, then masked LM)")
     bert_steps = max(20, int(300 * scale))
-    bert_cfg = load_config("bert-mini", [f"data.path={bert_shards}", "data.max_length=64",
+    bert_cfg = load_config("bert-mini", [f"data.path={bert_shards}", "data.objective=roberta", "data.max_length=64",
                                          f"train.max_steps={bert_steps}", f"train.warmup_steps={bert_steps // 10}",
                                          f"train.eval_every={max(bert_steps // 4, 1)}", "train.save_every=0",
-                                         "data.eval_examples=256", "model.dropout=0.0",
-                                         "model.attention_dropout=0.0"])
+                                         "data.eval_examples=256"])
     bert = pretrain(bert_cfg, out / "bert")
     _report(bert)
 
@@ -108,22 +114,37 @@ def _report(result) -> None:
     print(f"{result.step} steps in {result.elapsed_s / 60:.1f} min, {result.tokens_seen:,} tokens; held-out: {scores}")
 
 
+LABEL_FRACTIONS = (0.1, 1.0)
+"""Fractions of the SST-2 sample's training labels the demo fine-tunes on."""
+
+
+def run_name(side: str, fraction: float) -> str:
+    """The name of one fine-tuning run, e.g. 'pretrained, 10% of labels'."""
+    return f"{side}, {fraction:.0%} of labels"
+
+
+def run_folder(name: str) -> str:
+    """The folder of a fine-tuning run named `name`: 'sst2-pretrained-10pct-of-labels'."""
+    return "sst2-" + re.sub(r"[^a-z0-9]+", "-", name.replace("%", "pct")).strip("-")
+
+
 def finetune_sentiment(data: Path, out: Path, bert_dir: Path, wordpiece: Path, scale: float) -> dict[str, float]:
     from plmkit.recipes.finetune import finetune
 
     _banner("4. fine-tuning for sentiment (SST-2 sample): pretrained vs from scratch")
-    steps = max(20, int(250 * scale))
-    common = dict(train_file=str(data / "sst2-train.tsv"), dev_file=str(data / "sst2-dev.tsv"), max_length=64,
-                  tokenizer=str(wordpiece),
-                  train={"lr": 1e-4, "max_steps": steps, "warmup_steps": steps // 10, "batch_size": 32,
-                         "eval_every": max(steps // 2, 1), "save_every": 0, "precision": "bf16"})
+    common: dict[str, Any] = dict(train_file=str(data / "sst2-train.tsv"), dev_file=str(data / "sst2-dev.tsv"),
+                                  max_length=64, tokenizer=str(wordpiece), model_overrides={"dropout": 0.1})
+    if scale != 1.0:  # at full scale plmkit chooses lr, batch, epochs and warmup for the model and data
+        common["train"] = {"max_steps": max(20, int(300 * scale)), "save_every": 0}
     accuracy = {}
-    for name, from_scratch in (("pretrained", False), ("from scratch", True)):
-        print(f"-- {name}", flush=True)
-        result = finetune("classification", model=str(bert_dir), out=str(out / f"sst2-{name.replace(' ', '-')}"),
-                          from_scratch=from_scratch, model_overrides={"dropout": 0.1}, **common)
-        accuracy[name] = result.dev_metrics.get("accuracy", float("nan"))
-        print(f"dev accuracy ({name}): {accuracy[name]:.3f}")
+    for fraction in LABEL_FRACTIONS:
+        for side, from_scratch in (("pretrained", False), ("from scratch", True)):
+            name = run_name(side, fraction)
+            print(f"-- {name}", flush=True)
+            result = finetune("classification", model=str(bert_dir), out=str(out / run_folder(name)),
+                              from_scratch=from_scratch, train_fraction=fraction, **common)
+            accuracy[name] = result.dev_metrics.get("accuracy", float("nan"))
+            print(f"dev accuracy ({name}): {accuracy[name]:.3f}")
     return accuracy
 
 
@@ -187,10 +208,9 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     bert_eval, gpt_eval = runs["bert"].eval_history[-1], runs["gpt"].eval_history[-1]
     summary = {
         "bert_heldout_mlm_loss": bert_eval["eval_loss"], "unigram_baseline_loss": runs["unigram"],
-        "bert_mlm_accuracy": bert_eval.get("mlm_accuracy"), "bert_nsp_accuracy": bert_eval.get("nsp_accuracy"),
+        "bert_mlm_accuracy": bert_eval.get("mlm_accuracy"),
         "gpt_heldout_perplexity": math.exp(gpt_eval["eval_loss"]),
-        "sst2_dev_accuracy_pretrained": accuracy["pretrained"],
-        "sst2_dev_accuracy_from_scratch": accuracy["from scratch"],
+        "sst2_dev_accuracy": accuracy,
         "minutes": (time.perf_counter() - started) / 60,
         "loss_curves": [str(runs["bert"].out_dir / "loss.png"), str(runs["gpt"].out_dir / "loss.png")],
     }
@@ -199,8 +219,10 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     print(f"BERT held-out MLM loss  {summary['bert_heldout_mlm_loss']:.3f}  "
           f"(unigram baseline {summary['unigram_baseline_loss']:.3f})")
     print(f"GPT held-out perplexity {summary['gpt_heldout_perplexity']:.1f}")
-    print(f"SST-2 dev accuracy      pretrained {accuracy['pretrained']:.3f}  vs  from scratch "
-          f"{accuracy['from scratch']:.3f}")
+    for fraction in LABEL_FRACTIONS:
+        pretrained, scratch = accuracy[run_name("pretrained", fraction)], accuracy[run_name("from scratch", fraction)]
+        print(f"SST-2 dev accuracy, {fraction:4.0%} of labels: pretrained {pretrained:.3f}  vs  from scratch "
+              f"{scratch:.3f}  ({100 * (pretrained - scratch):+.1f} points)")
     print(f"loss curves: {', '.join(summary['loss_curves'])}")
     print(f"total {summary['minutes']:.1f} min; everything is in {out}/")
     report = write_html_report(out / "report.html", report_data(out, runs, accuracy, samples, watch.stages, summary))
@@ -212,10 +234,10 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
 def report_data(out: Path, runs: dict, accuracy: dict[str, float], samples: dict[str, list[dict[str, str]]],
                 timings: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
     """The demo's report (`plmkit.recipes.report`) as plain data."""
-    curves = [{"title": "BERT pretraining (masked LM + next sentence)", "metrics": runs["bert"].out_dir / METRICS_FILE},
+    curves = [{"title": "BERT pretraining (masked LM, after co-occurrence embeddings)", "metrics": runs["bert"].out_dir / METRICS_FILE},
               {"title": "GPT pretraining (next token)", "metrics": runs["gpt"].out_dir / METRICS_FILE}]
     for name in accuracy:
-        folder = out / f"sst2-{name.replace(' ', '-')}"
+        folder = out / run_folder(name)
         if (folder / METRICS_FILE).is_file():
             curves.append({"title": f"SST-2 fine-tuning, {name}", "metrics": folder / METRICS_FILE})
     return {
@@ -226,7 +248,7 @@ def report_data(out: Path, runs: dict, accuracy: dict[str, float], samples: dict
         + [{"label": "BERT held-out MLM loss", "value": round(summary["bert_heldout_mlm_loss"], 4)},
            {"label": "GPT held-out perplexity", "value": round(summary["gpt_heldout_perplexity"], 2)}],
         "comparison": {"title": "SST-2 dev accuracy: pretrained vs from scratch", "metric": "accuracy",
-                       "caption": "the same model shape and fine-tuning, with and without the pretrained weights",
+                       "caption": "the same model shape, data and fine-tuning defaults, with and without the pretrained weights",
                        "bars": [{"name": name, "value": value} for name, value in accuracy.items()]},
         "curves": curves,
         "samples": [{"title": "Fill-mask (BERT)", "items": samples.get("fill-mask", [])},

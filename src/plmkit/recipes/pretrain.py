@@ -75,7 +75,8 @@ class EmbeddingsConfig:
 
     init: Literal["random", "cooccurrence"] = "random"
     """random, or cooccurrence: PPMI + truncated SVD of the training shards' token co-occurrences,
-    computed in seconds before the first step (tokens that never occur stay random)."""
+    computed in seconds before the first step (tokens that never occur stay random). Only a fresh
+    model's: with init_from (or a resumed run) the checkpoint's embeddings are kept."""
     window: int = 10
     """Co-occurrence: tokens at most this far apart inside a document count as a pair (weight 1/distance)."""
     max_tokens: int = 20_000_000
@@ -92,11 +93,6 @@ class PretrainConfig:
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     init_from: str | None = None
     """Continue pretraining from this checkpoint directory instead of random weights."""
-
-    def __post_init__(self) -> None:
-        if self.init_from and self.embeddings.init != "random":
-            raise ConfigError("embeddings.init starts a fresh model's embeddings; with init_from the checkpoint "
-                              "already has them (leave embeddings.init at random)")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> PretrainConfig:
@@ -189,7 +185,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
     model_cfg = _fit_model_to_tokenizer(cfg.model, shards)
     objective = cfg.data.objective or OBJECTIVE_OF_FAMILY[model_cfg.family]
     if cfg.init_from:
-        model = load(cfg.init_from, task="pretraining")
+        model = load(cfg.init_from, task="pretraining")  # its embeddings too: embeddings.init is for fresh models
         if model.config.vocab_size != shards.vocab_size:
             raise ConfigError(f"init_from {cfg.init_from}: vocabulary {model.config.vocab_size} != "
                               f"shards' {shards.vocab_size}; prepare the shards with that model's tokenizer")
