@@ -39,6 +39,7 @@ from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.recipes.finetune import finetune
 from plmkit.recipes.pretrain import load_config, pretrain
 from plmkit.train.loop import TrainResult
+from quality_data import SQUAD_TRAIN_ARTICLES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = ("sst2", "chnsenticorp", "conll", "squad", "translation", "summarization")
@@ -105,11 +106,11 @@ def chinese_corpus(out: Path) -> Path:
 
 
 def squad_split(out: Path) -> tuple[Path, Path]:
-    """SQuAD v1.1 dev split by article: 38 for training, 10 for evaluation."""
+    """SQuAD v1.1 dev split by article: the first SQUAD_TRAIN_ARTICLES (38) for training, 10 for evaluation."""
     with zipfile.ZipFile(SHARED / "squad-v1.1" / "dev-v1.1.json.zip") as z:
         squad = json.loads(z.read("dev-v1.1.json"))
     paths = []
-    for name, articles in (("train", squad["data"][:38]), ("dev", squad["data"][38:])):
+    for name, articles in (("train", squad["data"][:SQUAD_TRAIN_ARTICLES]), ("dev", squad["data"][SQUAD_TRAIN_ARTICLES:])):
         path = out / f"squad-{name}.json"
         path.write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
         paths.append(path)

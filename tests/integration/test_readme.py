@@ -56,6 +56,7 @@ EXERCISED: dict[str, str] = {
         f"{TINY_BERT} --set train.max_steps=4",
     "plmkit pretrain --config bert-mini --shards shards/ -o runs/bert --resume auto --set train.max_steps=3000":
         f"{TINY_BERT} --set train.max_steps=6",
+    "plmkit pretrain --config electra-mini --shards shards/ -o runs/electra": f"{TINY_BERT} --set train.max_steps=4",
     "plmkit pretrain --config gpt-tiny --shards shards-bpe/ -o runs/gpt":
         "--set model.hidden_size=32 --set model.num_heads=2 --set model.intermediate_size=64 --set model.num_layers=1 "
         "--set data.max_length=32 --set data.eval_examples=8 --set train.batch_size=4 --set train.max_steps=4 "
@@ -64,6 +65,8 @@ EXERCISED: dict[str, str] = {
     "plmkit finetune classification --model runs/bert --train train.tsv --dev dev.tsv -o runs/sst2 "
     "--set labels=negative,positive": SMALL_FINETUNE,
     "plmkit finetune ner --model runs/bert --train train.txt --dev dev.txt -o runs/ner": SMALL_FINETUNE,
+    "plmkit finetune classification --model runs/bert --train train.tsv --dev dev.tsv -o runs/sst2-adapted "
+    "--adapt-steps 200 --set labels=negative,positive": f"{SMALL_FINETUNE} --adapt-steps 3",
     "plmkit eval runs/sst2 --data dev.tsv -o eval.json": "",
     "plmkit predict runs/sst2 --data new.txt -o predictions.jsonl": "",
     "plmkit curve --pretrained runs/bert --scratch runs/bert --train train.tsv --dev dev.tsv -o runs/curve":

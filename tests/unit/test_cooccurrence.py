@@ -84,3 +84,24 @@ def test_pretraining_starts_from_cooccurrence_embeddings(corpus, tmp_path: Path)
     cont = pretrain(load_config("bert-mini", common + [f"init_from={plain.final_dir}"]), tmp_path / "cont")
     c = load(cont.final_dir).transformer.emb.tok.weight.detach()
     assert torch.allclose(a, c, atol=1e-6)
+
+
+def test_the_embedding_stage_alone_is_a_model_folder(corpus, tmp_path: Path) -> None:
+    """save_initial_model writes the model pretraining starts from (co-occurrence embeddings,
+    random layers) with the shards' tokenizer; pretraining from it with init_from keeps them."""
+    from plmkit.data.tokenizer import Tokenizer
+    from plmkit.models import load
+    from plmkit.recipes.pretrain import load_config, pretrain, save_initial_model
+
+    shards, tok = corpus
+    common = [f"data.path={shards}", "model.num_layers=1", "model.hidden_size=16", "model.num_heads=2",
+              "model.intermediate_size=32", "embeddings.window=3"]
+    folder = save_initial_model(load_config("bert-mini", common), tmp_path / "stage1")
+    table = load(folder).transformer.emb.tok.weight.detach()
+    cat, dog, zebra = (tok.token_to_id(w) for w in ("cat", "dog", "zebra"))
+    assert torch.nn.functional.cosine_similarity(table[cat], table[dog], dim=0) > 0.9
+    assert Tokenizer.load(folder).get_vocab() == tok.get_vocab()
+    run = [f"init_from={folder}", "train.max_steps=1", "train.save_every=0", "train.progress=false",
+           "data.eval_examples=0", "data.max_length=32", "train.batch_size=4", "train.lr=1e-9"]
+    stage2 = pretrain(load_config("bert-mini", common + run), tmp_path / "stage2")
+    assert torch.allclose(load(stage2.final_dir).transformer.emb.tok.weight.detach(), table, atol=1e-6)

@@ -2,11 +2,12 @@
 
 1. trains a WordPiece and a byte-level BPE tokenizer,
 2. tokenizes the corpora into shards,
-3. pretrains a small BERT (co-occurrence embeddings, then masked LM) on the English samples and the
-   SST-2 training sentences without their labels, and a small GPT (next-token prediction),
-4. fine-tunes the BERT for sentiment (SST-2 sample) with 10% and with all of the labels, next to the
-   same model from scratch, with plmkit's fine-tuning defaults for each,
-5. generates text with the GPT and fills masks with the BERT,
+3. pretrains a small BERT on the English samples and the SST-2 training sentences without their
+   labels, in two stages: co-occurrence token embeddings (seconds), then masked LM from them;
+   and a small GPT (next-token prediction),
+4. fine-tunes for sentiment (SST-2 sample) with 10% (3 seeds) and with all of the labels, from
+   each BERT stage and from random weights, with plmkit's fine-tuning defaults for each,
+5. shows the nearest words of the embeddings, fills masks with the BERT and generates with the GPT,
 and prints a summary; ``report.html`` (one self-contained page, `plmkit.recipes.report`) shows
 every loss curve with its evaluations, the pretrained-vs-scratch accuracy, the samples and the
 time of each stage. Every step is one public plmkit call. The samples ship with the package
@@ -16,6 +17,7 @@ time of each stage. Every step is one public plmkit call. The samples ship with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -28,7 +30,7 @@ from plmkit.cli_args import add_output
 from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.outputs import DEMO, claim_output
-from plmkit.recipes.pretrain import load_config, pretrain
+from plmkit.recipes.pretrain import load_config, pretrain, save_initial_model
 from plmkit.recipes.report import write_html_report
 from plmkit.rundir import METRICS_FILE
 
@@ -87,13 +89,18 @@ def pretrain_models(data: Path, out: Path, wordpiece: Path, bpe: Path, scale: fl
                           out / "shards-bert", holdout=0.02)
     gpt_shards = prepare([data / "tinyshakespeare.txt"], bpe, out / "shards-gpt", holdout=0.02)
 
-    _banner("3a. pretraining a small BERT (co-occurrence embeddings, then masked LM)")
+    _banner("3a. pretraining a small BERT: co-occurrence embeddings, then masked LM")
     bert_steps = max(20, int(300 * scale))
     bert_cfg = load_config("bert-mini", [f"data.path={bert_shards}", "data.objective=roberta", "data.max_length=64",
                                          f"train.max_steps={bert_steps}", f"train.warmup_steps={bert_steps // 10}",
                                          f"train.eval_every={max(bert_steps // 4, 1)}", "train.save_every=0",
-                                         "data.eval_examples=256"])
-    bert = pretrain(bert_cfg, out / "bert")
+                                         "data.eval_examples=256", "train.lr=3e-4"])
+    # Stage 1 (seconds): token embeddings from the corpus' co-occurrences, layers random. Stage 2
+    # continues from it with masked LM (init_from keeps the embeddings); lr 3e-4, not the preset's
+    # 1e-3, which wears the co-occurrence start down faster on a corpus this small.
+    embeddings = save_initial_model(bert_cfg, out / "bert-embeddings")
+    print(f"co-occurrence embeddings of {bert_cfg.model.hidden_size} dimensions: {embeddings}")
+    bert = pretrain(dataclasses.replace(bert_cfg, init_from=str(embeddings)), out / "bert")
     _report(bert)
 
     _banner("3b. pretraining a small GPT (next-token prediction)")
@@ -105,7 +112,7 @@ def pretrain_models(data: Path, out: Path, wordpiece: Path, bpe: Path, scale: fl
                                        "data.eval_examples=128", "model.dropout=0.0", "model.attention_dropout=0.0"])
     gpt = pretrain(gpt_cfg, out / "gpt")
     _report(gpt)
-    return {"bert": bert, "gpt": gpt, "unigram": unigram_baseline(bert_shards)}
+    return {"bert-embeddings": embeddings, "bert": bert, "gpt": gpt, "unigram": unigram_baseline(bert_shards)}
 
 
 def _report(result) -> None:
@@ -116,49 +123,94 @@ def _report(result) -> None:
 
 LABEL_FRACTIONS = (0.1, 1.0)
 """Fractions of the SST-2 sample's training labels the demo fine-tunes on."""
+SEEDS = (0, 1, 2)
+"""Seeds (label draw and initialisation) below 100% of the labels, where one run is noisy."""
 
 
 def run_name(side: str, fraction: float) -> str:
-    """The name of one fine-tuning run, e.g. 'pretrained, 10% of labels'."""
+    """The name of one fine-tuning setting, e.g. 'pretrained, 10% of labels'."""
     return f"{side}, {fraction:.0%} of labels"
 
 
-def run_folder(name: str) -> str:
-    """The folder of a fine-tuning run named `name`: 'sst2-pretrained-10pct-of-labels'."""
-    return "sst2-" + re.sub(r"[^a-z0-9]+", "-", name.replace("%", "pct")).strip("-")
+def run_folder(name: str, seed: int = 0) -> str:
+    """The folder of one run of the setting `name`: 'sst2-pretrained-10pct-of-labels' (seed 0),
+    'sst2-pretrained-10pct-of-labels-seed1', ..."""
+    folder = "sst2-" + re.sub(r"[^a-z0-9]+", "-", name.lower().replace("+", " plus ").replace("%", "pct")).strip("-")
+    return folder if seed == 0 else f"{folder}-seed{seed}"
 
 
-def finetune_sentiment(data: Path, out: Path, bert_dir: Path, wordpiece: Path, scale: float) -> dict[str, float]:
+SIDES = (("pretrained: embeddings", "bert-embeddings"), ("pretrained: embeddings + MLM", "bert"),
+         ("from scratch", None))
+"""The models fine-tuned: stage 1 of pretraining alone, stages 1 and 2, and random weights."""
+
+
+def finetune_sentiment(data: Path, out: Path, models: dict[str, Path], wordpiece: Path,
+                       scale: float) -> dict[str, list[float]]:
+    """Dev accuracy of every run, by setting name (one per seed). `models`: the folder of each of
+    SIDES' pretrained models."""
     from plmkit.recipes.finetune import finetune
 
     _banner("4. fine-tuning for sentiment (SST-2 sample): pretrained vs from scratch")
     common: dict[str, Any] = dict(train_file=str(data / "sst2-train.tsv"), dev_file=str(data / "sst2-dev.tsv"),
                                   max_length=64, tokenizer=str(wordpiece), model_overrides={"dropout": 0.1})
+    train: dict[str, Any] = {}
     if scale != 1.0:  # at full scale plmkit chooses lr, batch, epochs and warmup for the model and data
-        common["train"] = {"max_steps": max(20, int(300 * scale)), "save_every": 0}
-    accuracy = {}
+        train = {"max_steps": max(20, int(300 * scale)), "save_every": 0}
+    accuracy: dict[str, list[float]] = {}
     for fraction in LABEL_FRACTIONS:
-        for side, from_scratch in (("pretrained", False), ("from scratch", True)):
+        for side, model in SIDES:
             name = run_name(side, fraction)
-            print(f"-- {name}", flush=True)
-            result = finetune("classification", model=str(bert_dir), out=str(out / run_folder(name)),
-                              from_scratch=from_scratch, train_fraction=fraction, **common)
-            accuracy[name] = result.dev_metrics.get("accuracy", float("nan"))
-            print(f"dev accuracy ({name}): {accuracy[name]:.3f}")
+            for seed in SEEDS if fraction < 1.0 else SEEDS[:1]:
+                print(f"-- {name}, seed {seed}", flush=True)
+                result = finetune("classification", model=str(models[model or "bert"]),
+                                  out=str(out / run_folder(name, seed)), from_scratch=model is None,
+                                  train_fraction=fraction, train={**train, "seed": seed}, **common)
+                accuracy.setdefault(name, []).append(result.dev_metrics.get("accuracy", float("nan")))
+                print(f"dev accuracy ({name}, seed {seed}): {accuracy[name][-1]:.3f}")
     return accuracy
 
 
-def show_generation(gpt_dir: Path, bert_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Print (and return, for the report) the GPT's generations and the BERT's fill-mask answers."""
+def nearest_words(model_dir: Path, words: tuple[str, ...], k: int = 5) -> dict[str, str]:
+    """The `k` whole words nearest to each of `words` (cosine of the model's token embeddings)."""
+    import plmkit
+    from plmkit.data.tokenizer import Tokenizer
+
+    table = plmkit.load(model_dir).transformer.emb.tok.weight.detach().float()
+    table = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    tokenizer = Tokenizer.load(model_dir)
+    special = set(tokenizer.all_special_ids)
+    found = {}
+    for word in words:
+        index = tokenizer.token_to_id(word)
+        if index is None:
+            continue
+        near = []
+        for other in (table @ table[index]).argsort(descending=True).tolist():
+            token = tokenizer.id_to_token(other)
+            if other != index and other not in special and token and token.isalpha():
+                near.append(token)
+            if len(near) == k:
+                break
+        found[word] = ", ".join(near)
+    return found
+
+
+def show_generation(gpt_dir: Path, bert_dir: Path, embeddings_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """Print (and return, for the report) the embeddings' nearest words, the BERT's fill-mask
+    answers and the GPT's generations."""
     import plmkit
 
-    _banner("5. generation")
-    samples: dict[str, list[dict[str, str]]] = {"generation": [], "fill-mask": []}
+    _banner("5. samples: generation, nearest words, fill-mask")
+    samples: dict[str, list[dict[str, str]]] = {"generation": [], "fill-mask": [], "nearest words": []}
     generator = plmkit.pipeline("text-generation", str(gpt_dir))
     for prompt in ("ROMEO:", "First Citizen:\nWe"):
         result = generator(prompt, max_new_tokens=60, top_p=0.9, temperature=0.8, seed=0)
         print(f"--- prompt {prompt!r}\n{result['generated_text']}")
         samples["generation"].append({"input": prompt, "output": result["generated_text"]})
+    neighbours = nearest_words(embeddings_dir, ("good", "bad", "funny", "boring", "king"))
+    for word, near in neighbours.items():
+        print(f"nearest to {word!r}: {near}")
+        samples["nearest words"].append({"input": word, "output": near})
     fill = plmkit.pipeline("fill-mask", str(bert_dir))
     for text in ("the king of [MASK] .", "the film was [MASK] ."):
         candidates = fill(text)["masks"][0]["candidates"]
@@ -201,16 +253,18 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     watch.lap("tokenizers")
     runs = pretrain_models(data, out, wordpiece, bpe, scale)
     watch.lap("token shards and pretraining")
-    accuracy = finetune_sentiment(data, out, runs["bert"].final_dir, wordpiece, scale)
+    models = {"bert-embeddings": runs["bert-embeddings"], "bert": runs["bert"].final_dir}
+    runs_accuracy = finetune_sentiment(data, out, models, wordpiece, scale)
+    accuracy = {name: sum(values) / len(values) for name, values in runs_accuracy.items()}
     watch.lap("fine-tuning (pretrained and from scratch)")
-    samples = show_generation(runs["gpt"].final_dir, runs["bert"].final_dir)
+    samples = show_generation(runs["gpt"].final_dir, runs["bert"].final_dir, runs["bert-embeddings"])
     watch.lap("generation and fill-mask")
     bert_eval, gpt_eval = runs["bert"].eval_history[-1], runs["gpt"].eval_history[-1]
     summary = {
         "bert_heldout_mlm_loss": bert_eval["eval_loss"], "unigram_baseline_loss": runs["unigram"],
         "bert_mlm_accuracy": bert_eval.get("mlm_accuracy"),
         "gpt_heldout_perplexity": math.exp(gpt_eval["eval_loss"]),
-        "sst2_dev_accuracy": accuracy,
+        "sst2_dev_accuracy": accuracy, "sst2_dev_accuracy_per_seed": runs_accuracy,
         "minutes": (time.perf_counter() - started) / 60,
         "loss_curves": [str(runs["bert"].out_dir / "loss.png"), str(runs["gpt"].out_dir / "loss.png")],
     }
@@ -220,9 +274,13 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
           f"(unigram baseline {summary['unigram_baseline_loss']:.3f})")
     print(f"GPT held-out perplexity {summary['gpt_heldout_perplexity']:.1f}")
     for fraction in LABEL_FRACTIONS:
-        pretrained, scratch = accuracy[run_name("pretrained", fraction)], accuracy[run_name("from scratch", fraction)]
-        print(f"SST-2 dev accuracy, {fraction:4.0%} of labels: pretrained {pretrained:.3f}  vs  from scratch "
-              f"{scratch:.3f}  ({100 * (pretrained - scratch):+.1f} points)")
+        seeds = f", mean of {len(SEEDS)} seeds" if fraction < 1.0 else ""
+        print(f"SST-2 dev accuracy, {fraction:.0%} of labels{seeds}:")
+        scratch = accuracy[run_name("from scratch", fraction)]
+        for side, _ in SIDES:
+            value = accuracy[run_name(side, fraction)]
+            gain = f"  ({100 * (value - scratch):+.1f} points)" if side != "from scratch" else ""
+            print(f"  {side:<30} {value:.3f}{gain}")
     print(f"loss curves: {', '.join(summary['loss_curves'])}")
     print(f"total {summary['minutes']:.1f} min; everything is in {out}/")
     report = write_html_report(out / "report.html", report_data(out, runs, accuracy, samples, watch.stages, summary))
@@ -248,10 +306,12 @@ def report_data(out: Path, runs: dict, accuracy: dict[str, float], samples: dict
         + [{"label": "BERT held-out MLM loss", "value": round(summary["bert_heldout_mlm_loss"], 4)},
            {"label": "GPT held-out perplexity", "value": round(summary["gpt_heldout_perplexity"], 2)}],
         "comparison": {"title": "SST-2 dev accuracy: pretrained vs from scratch", "metric": "accuracy",
-                       "caption": "the same model shape, data and fine-tuning defaults, with and without the pretrained weights",
+                       "caption": ("the same model shape, data and fine-tuning defaults, with and without the pretrained "
+                                   f"weights; below 100% of the labels the mean of {len(SEEDS)} seeds"),
                        "bars": [{"name": name, "value": value} for name, value in accuracy.items()]},
         "curves": curves,
-        "samples": [{"title": "Fill-mask (BERT)", "items": samples.get("fill-mask", [])},
+        "samples": [{"title": "Nearest words (BERT's co-occurrence embeddings)", "items": samples.get("nearest words", [])},
+                    {"title": "Fill-mask (BERT)", "items": samples.get("fill-mask", [])},
                     {"title": "Generation (GPT)", "items": samples.get("generation", [])}],
         "timings": timings,
         "tables": [{"title": "Summary", "header": ["", "value"],

@@ -25,7 +25,7 @@ from plmkit.data.loader import eval_batches, open_eval, open_stream
 from plmkit.data.shards import ShardSet
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.heads import FAMILY_OBJECTIVES
-from plmkit.models import build_model, load
+from plmkit.models import build_model, load, save_model
 from plmkit.train.checkpoint import resolve_resume
 from plmkit.train.loop import TrainConfig, TrainResult, train
 
@@ -190,14 +190,32 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
             raise ConfigError(f"init_from {cfg.init_from}: vocabulary {model.config.vocab_size} != "
                               f"shards' {shards.vocab_size}; prepare the shards with that model's tokenizer")
     else:
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(model_cfg, "pretraining")
-        if cfg.embeddings.init == "cooccurrence" and resolve_resume(Path(out_dir), resume) is None:
-            init_cooccurrence_embeddings(model, cfg)
+        model = fresh_model(cfg, model_cfg, embeddings=resolve_resume(Path(out_dir), resume) is None)
     stream = open_stream(sources(cfg.data), objective, max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, prefetch=cfg.data.prefetch, **cfg.data.options)
     return train(model, stream, cfg.train, out_dir, eval_fn=make_eval_fn(cfg, objective), resume=resume,
                  tokenizer=tokenizer)
+
+
+def fresh_model(cfg: PretrainConfig, model_cfg: ModelConfig, embeddings: bool = True) -> torch.nn.Module:
+    """The model pretraining starts from: random weights (seeded by train.seed) and, with
+    embeddings.init=cooccurrence and `embeddings`, the co-occurrence token embeddings."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(model_cfg, "pretraining")
+    if embeddings and cfg.embeddings.init == "cooccurrence":
+        init_cooccurrence_embeddings(model, cfg)
+    return model
+
+
+def save_initial_model(cfg: PretrainConfig, out_dir: str | Path) -> Path:
+    """Save the model `pretrain(cfg, ...)` would start from, with the shards' tokenizer, as a model
+    folder: the co-occurrence stage alone (seconds), to fine-tune or to pretrain further with
+    init_from, which keeps these embeddings."""
+    if not cfg.data.path:
+        raise ConfigError("data.path is required: the shard folder from `plmkit prepare` (--set data.path=...)")
+    shards = ShardSet.open(cfg.data.path, "train")
+    model = fresh_model(cfg, _fit_model_to_tokenizer(cfg.model, shards))
+    return save_model(model, out_dir, Tokenizer.load(shards.tokenizer_path))
 
 
 def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) -> None:
