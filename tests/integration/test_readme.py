@@ -66,7 +66,8 @@ EXERCISED: dict[str, str] = {
     "--set labels=negative,positive": SMALL_FINETUNE,
     "plmkit finetune ner --model runs/bert --train train.txt --dev dev.txt -o runs/ner": SMALL_FINETUNE,
     "plmkit finetune classification --model runs/bert --train train.tsv --dev dev.tsv -o runs/sst2-adapted "
-    "--adapt-steps 200 --set labels=negative,positive": f"{SMALL_FINETUNE} --adapt-steps 3",
+    "--adapt-steps 200 --set labels=negative,positive":
+        f"{SMALL_FINETUNE} --adapt-steps 3 --set adapt.batch_size=4 --set adapt.max_length=32",
     "plmkit eval runs/sst2 --data dev.tsv -o eval.json": "",
     "plmkit predict runs/sst2 --data new.txt -o predictions.jsonl": "",
     "plmkit curve --pretrained runs/bert --scratch runs/bert --train train.tsv --dev dev.tsv -o runs/curve":
