@@ -86,8 +86,9 @@ RUN = OutputKind("run", "a training run folder (plmkit pretrain / finetune)",
                   "dev_predictions.jsonl.tmp", "run_summary.json", "run_summary.json.tmp", "adapt"),
                  legacy=_is_legacy_run, keeps=("adapt",))
 DEMO = OutputKind("demo", "the demo's folder (plmkit demo)",
-                  ("tok-wordpiece", "tok-bpe", "shards-bert", "shards-gpt", "bert-embeddings", "bert", "gpt", "sst2-*",
-                   "summary.json", "report.html"))
+                  ("tok-wordpiece", "tok-bpe", "shards-bert", "shards-gpt", "bert-embeddings", "bert", "gpt",
+                   "sst2-train-sentences.txt", "sst2-*-of-labels", "sst2-*-of-labels-seed*",
+                   "sst2-pretrained", "sst2-from-scratch", "summary.json", "report.html"))
 EXPLAIN = OutputKind("explain", "an explanation folder (plmkit explain)", ("attribution.html", "attention-layer*.png"))
 KINDS = {k.name: k for k in (SHARDS, TOKENIZER, RUN, DEMO, EXPLAIN)}
 

@@ -105,3 +105,24 @@ def test_the_embedding_stage_alone_is_a_model_folder(corpus, tmp_path: Path) -> 
            "data.eval_examples=0", "data.max_length=32", "train.batch_size=4", "train.lr=1e-9"]
     stage2 = pretrain(load_config("bert-mini", common + run), tmp_path / "stage2")
     assert torch.allclose(load(stage2.final_dir).transformer.emb.tok.weight.detach(), table, atol=1e-6)
+
+
+def test_pretrain_cli_continues_a_model_with_a_cooccurrence_preset(corpus, tmp_path: Path) -> None:
+    """`plmkit pretrain --config bert-mini --init-from MODEL`: the preset's embeddings.init does not
+    stand in the way, and the model's embeddings are the ones training starts from."""
+    from plmkit.cli import main
+    from plmkit.models import load
+    from plmkit.recipes.pretrain import load_config, save_initial_model
+
+    shards, _ = corpus
+    shape = ["model.num_layers=1", "model.hidden_size=16", "model.num_heads=2", "model.intermediate_size=32"]
+    start = save_initial_model(load_config("bert-mini", [f"data.path={shards}", "embeddings.init=random"] + shape),
+                               tmp_path / "start")
+    flags = [f"--set={item}" for item in shape + ["train.max_steps=1", "train.save_every=0", "train.progress=false",
+                                                 "data.eval_examples=0", "data.max_length=32", "train.batch_size=4",
+                                                 "train.lr=1e-9"]]
+    assert main(["pretrain", "--config", "bert-mini", "--shards", str(shards), "--init-from", str(start),
+                 "-o", str(tmp_path / "run"), *flags]) == 0
+    before = load(start).transformer.emb.tok.weight.detach()
+    after = load(tmp_path / "run" / "final").transformer.emb.tok.weight.detach()
+    assert torch.allclose(before, after, atol=1e-6)

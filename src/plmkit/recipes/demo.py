@@ -173,7 +173,6 @@ def finetune_sentiment(data: Path, out: Path, models: dict[str, Path], wordpiece
 def nearest_words(model_dir: Path, words: tuple[str, ...], k: int = 5) -> dict[str, str]:
     """The `k` whole words nearest to each of `words` (cosine of the model's token embeddings)."""
     import plmkit
-    from plmkit.data.tokenizer import Tokenizer
 
     table = plmkit.load(model_dir).transformer.emb.tok.weight.detach().float()
     table = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)

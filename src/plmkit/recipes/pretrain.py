@@ -178,9 +178,7 @@ def make_eval_fn(cfg: PretrainConfig, objective: str):
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None) -> TrainResult:
     """Pretrain cfg.model on the shards at cfg.data.path with the family's objective."""
-    if not cfg.data.path:
-        raise ConfigError("data.path is required: the shard folder from `plmkit prepare` (--set data.path=...)")
-    shards = ShardSet.open(cfg.data.path, "train")
+    shards = _training_shards(cfg)
     tokenizer = Tokenizer.load(shards.tokenizer_path)
     model_cfg = _fit_model_to_tokenizer(cfg.model, shards)
     objective = cfg.data.objective or OBJECTIVE_OF_FAMILY[model_cfg.family]
@@ -197,6 +195,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
                  tokenizer=tokenizer)
 
 
+def _training_shards(cfg: PretrainConfig) -> ShardSet:
+    if not cfg.data.path:
+        raise ConfigError("data.path is required: the shard folder from `plmkit prepare` (--set data.path=...)")
+    return ShardSet.open(cfg.data.path, "train")
+
+
 def fresh_model(cfg: PretrainConfig, model_cfg: ModelConfig, embeddings: bool = True) -> torch.nn.Module:
     """The model pretraining starts from: random weights (seeded by train.seed) and, with
     embeddings.init=cooccurrence and `embeddings`, the co-occurrence token embeddings."""
@@ -211,9 +215,7 @@ def save_initial_model(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     """Save the model `pretrain(cfg, ...)` would start from, with the shards' tokenizer, as a model
     folder: the co-occurrence stage alone (seconds), to fine-tune or to pretrain further with
     init_from, which keeps these embeddings."""
-    if not cfg.data.path:
-        raise ConfigError("data.path is required: the shard folder from `plmkit prepare` (--set data.path=...)")
-    shards = ShardSet.open(cfg.data.path, "train")
+    shards = _training_shards(cfg)
     model = fresh_model(cfg, _fit_model_to_tokenizer(cfg.model, shards))
     return save_model(model, out_dir, Tokenizer.load(shards.tokenizer_path))
 
