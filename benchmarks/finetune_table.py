@@ -38,6 +38,7 @@ import torch
 from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.recipes.finetune import finetune
 from plmkit.recipes.pretrain import load_config, pretrain
+from plmkit.rundir import model_dir
 from plmkit.train.loop import TrainResult
 from quality_data import SQUAD_TRAIN_ARTICLES
 
@@ -201,7 +202,7 @@ def main() -> None:
         print(f"Chinese BERT-mini held-out MLM loss by step: {history}; unigram baseline {baseline:.3f}", flush=True)
         table["chinese_pretraining"] = {"eval_history": result.eval_history, "minutes": result.elapsed_s / 60,
                                         "unigram_baseline": baseline}
-        chinese = result.final_dir
+        chinese = model_dir(result.out_dir)  # its best/ (lowest held-out loss), else final/
     for task in tasks:
         print(f"== {task}", flush=True)
         runs = run_task(task, args.english, chinese, args.output / task, args.scale, args.limit,

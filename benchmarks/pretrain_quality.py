@@ -38,6 +38,7 @@ from finetune_table import pretrain_for_minutes
 from quality_data import TASK_TEXTS, VOCAB, Task, bag_of_words_baselines, general_documents, tasks, write_corpus
 from plmkit.data.shards import ShardSet, prepare, unigram_baseline
 from plmkit.recipes.finetune import finetune
+from plmkit.rundir import model_dir
 
 DROPOUT = {"dropout": 0.1, "attention_dropout": 0.1}
 
@@ -135,10 +136,14 @@ def main() -> None:
     result = pretrain_for_minutes(args.config, overrides, args.minutes, out)
     history = result.eval_history
     print("held-out loss by step: " + ", ".join(f"{e['step']}: {e['eval_loss']:.3f}" for e in history), flush=True)
+    model = model_dir(result.out_dir)  # best/ (the lowest held-out loss), else final/
+    best = min(history, key=lambda e: e["eval_loss"]) if history else {}
+    print(f"fine-tuning {model} (held-out loss {best.get('eval_loss', float('nan')):.3f} at step {best.get('step')})",
+          flush=True)
     summary: dict[str, Any] = {
         "recipe": {"config": args.config, "embeddings": args.embeddings, "overrides": args.overrides},
         "pretraining": {"minutes": result.elapsed_s / 60, "steps": result.step, "tokens_seen": result.tokens_seen,
-                        "eval_history": history, "unigram_plateau": baseline},
+                        "eval_history": history, "unigram_plateau": baseline, "model": str(model)},
         "tasks": {}, "load_average_start": os.getloadavg()[0],
     }
     if args.hf_minutes > 0:
@@ -153,7 +158,7 @@ def main() -> None:
         task = all_tasks[name]
         if args.fractions and task.recipe == "classification":
             task = dataclasses.replace(task, fractions=tuple(float(x) for x in args.fractions.split(",")))
-        summary["tasks"][name] = finetune_runs(task, result.final_dir, out / "finetune", lrs, args.seeds)
+        summary["tasks"][name] = finetune_runs(task, model, out / "finetune", lrs, args.seeds)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["load_average_end"] = os.getloadavg()[0]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -35,6 +35,8 @@ RECIPE_FILE = "finetune.json"
 CONFIG_FILE = "config.json"
 """What makes a folder a model directory (Hugging Face's layout)."""
 BEST_DIR = "best"
+BEST_RECORD = "best.json"
+"""In best/: which evaluation made it the best (metric, value, step, and all metrics of that evaluation)."""
 FINAL_DIR = "final"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
@@ -191,7 +193,7 @@ def write_report(folder: str | Path, name: str, metrics: Mapping[str, float], de
 
 
 __all__ = [
-    "BEST_DIR", "CONFIG_FILE", "DEV_PREDICTIONS", "DEV_REPORT", "FINAL_DIR", "LOSS_PLOT", "METRICS_FILE",
+    "BEST_DIR", "BEST_RECORD", "CONFIG_FILE", "DEV_PREDICTIONS", "DEV_REPORT", "FINAL_DIR", "LOSS_PLOT", "METRICS_FILE",
     "RECIPE_FILE", "RUN_FILE", "hub_hint", "is_model_dir", "model_dir", "pipeline_options", "read_recipe",
     "recipe_record",
     "recipe_task", "run_of", "write_json", "write_recipe", "write_report", "write_rows",

@@ -32,7 +32,7 @@ from plmkit.data.tokenizer import Tokenizer
 from plmkit.outputs import DEMO, claim_output
 from plmkit.recipes.pretrain import load_config, pretrain, save_initial_model
 from plmkit.recipes.report import write_html_report
-from plmkit.rundir import METRICS_FILE
+from plmkit.rundir import METRICS_FILE, model_dir
 
 SAMPLES = ("tinyshakespeare.txt", "wikitext2-valid.txt", "sst2-train.tsv", "sst2-dev.tsv")
 """The files the demo reads from its data folder."""
@@ -170,13 +170,13 @@ def finetune_sentiment(data: Path, out: Path, models: dict[str, Path], wordpiece
     return accuracy
 
 
-def nearest_words(model_dir: Path, words: tuple[str, ...], k: int = 5) -> dict[str, str]:
+def nearest_words(folder: Path, words: tuple[str, ...], k: int = 5) -> dict[str, str]:
     """The `k` whole words nearest to each of `words` (cosine of the model's token embeddings)."""
     import plmkit
 
-    table = plmkit.load(model_dir).transformer.emb.tok.weight.detach().float()
+    table = plmkit.load(folder).transformer.emb.tok.weight.detach().float()
     table = table / table.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    tokenizer = Tokenizer.load(model_dir)
+    tokenizer = Tokenizer.load(folder)
     special = set(tokenizer.all_special_ids)
     found = {}
     for word in words:
@@ -252,11 +252,12 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     watch.lap("tokenizers")
     runs = pretrain_models(data, out, wordpiece, bpe, scale)
     watch.lap("token shards and pretraining")
-    models = {"bert-embeddings": runs["bert-embeddings"], "bert": runs["bert"].final_dir}
+    bert, gpt = model_dir(runs["bert"].out_dir), model_dir(runs["gpt"].out_dir)  # best/ (lowest held-out loss)
+    models = {"bert-embeddings": runs["bert-embeddings"], "bert": bert}
     runs_accuracy = finetune_sentiment(data, out, models, wordpiece, scale)
     accuracy = {name: sum(values) / len(values) for name, values in runs_accuracy.items()}
     watch.lap("fine-tuning (pretrained and from scratch)")
-    samples = show_generation(runs["gpt"].final_dir, runs["bert"].final_dir, runs["bert-embeddings"])
+    samples = show_generation(gpt, bert, runs["bert-embeddings"])
     watch.lap("generation and fill-mask")
     bert_eval, gpt_eval = runs["bert"].eval_history[-1], runs["gpt"].eval_history[-1]
     summary = {

@@ -11,6 +11,7 @@ shards' tokenizer, so a preset works with any tokenizer.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,12 @@ from plmkit.data.shards import ShardSet
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.heads import FAMILY_OBJECTIVES
 from plmkit.models import build_model, load, save_model
+from plmkit.recipes.best_checkpoint import BestCheckpoint
+from plmkit.rundir import BEST_DIR, BEST_RECORD
+from plmkit.train.distributed import current_env
 from plmkit.train.checkpoint import resolve_resume
 from plmkit.train.loop import TrainConfig, TrainResult, train
+from plmkit.train.model_card import write_model_card
 
 OBJECTIVE_OF_FAMILY = FAMILY_OBJECTIVES  # the objective of each model family (plmkit.heads)
 
@@ -93,6 +98,16 @@ class PretrainConfig:
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     init_from: str | None = None
     """Continue pretraining from this checkpoint directory instead of random weights."""
+    keep_best: bool = True
+    """Keep OUT/best, the model of the evaluation with the lowest held-out loss (needs train.eval_every and
+    data.eval_examples > 0). A small corpus seen many times over is overfitted late in a long run; a
+    run's best/ is what `plmkit finetune`, `plmkit curve` and init_from load (before its final/)."""
+    patience: int | None = None
+    """Stop after this many held-out evaluations in a row without a lower loss; None = run every step."""
+
+    def __post_init__(self) -> None:
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be at least 1 (or null), got {self.patience}")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> PretrainConfig:
@@ -191,8 +206,17 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
         model = fresh_model(cfg, model_cfg, embeddings=resolve_resume(Path(out_dir), resume) is None)
     stream = open_stream(sources(cfg.data), objective, max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, prefetch=cfg.data.prefetch, **cfg.data.options)
-    return train(model, stream, cfg.train, out_dir, eval_fn=make_eval_fn(cfg, objective), resume=resume,
-                 tokenizer=tokenizer)
+    eval_fn = make_eval_fn(cfg, objective)
+    keeper = None
+    if eval_fn is not None and cfg.keep_best and cfg.train.eval_every:
+        resuming = resolve_resume(Path(out_dir), resume) is not None
+        keeper = BestCheckpoint(model, tokenizer, Path(out_dir), "eval_loss", cfg.patience, resuming=resuming)
+    result = train(model, stream, cfg.train, out_dir, eval_fn=eval_fn, resume=resume, tokenizer=tokenizer,
+                   callbacks=[keeper] if keeper else [])
+    best = Path(out_dir) / BEST_DIR
+    if keeper is not None and current_env().is_main and (best / BEST_RECORD).is_file():
+        write_model_card(best)
+    return result
 
 
 def _training_shards(cfg: PretrainConfig) -> ShardSet:
@@ -230,6 +254,13 @@ def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) ->
     with torch.no_grad():
         rows = torch.from_numpy(seen)
         table[rows] = torch.from_numpy(vectors[seen]).to(table.dtype)
+
+
+def _best_record(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / BEST_DIR / BEST_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
@@ -271,4 +302,8 @@ def cli_run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
     print(f"pretrained {result.step} steps in {result.elapsed_s / 60:.1f} min -> {result.final_dir}"
           + (f" ({summary})" if summary else ""))
+    best = _best_record(Path(args.output))
+    if best is not None:
+        print(f"lowest held-out loss {best['value']:.4g} at step {best['step']} -> {Path(args.output) / BEST_DIR} "
+              "(what finetune loads from this run)")
     return 0

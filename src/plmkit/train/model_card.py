@@ -20,7 +20,7 @@ import yaml
 
 from plmkit.files import atomic_write_text
 from plmkit.heads import pipeline_task
-from plmkit.rundir import BEST_DIR, CONFIG_FILE, DEV_REPORT, METRICS_FILE, RUN_FILE, read_recipe, run_of
+from plmkit.rundir import BEST_DIR, BEST_RECORD, CONFIG_FILE, DEV_REPORT, METRICS_FILE, RUN_FILE, read_recipe, run_of
 from plmkit.version import __version__
 
 CARD_FILE = "README.md"
@@ -70,7 +70,8 @@ def card_facts(model_folder: str | Path) -> dict[str, Any]:
         pipeline = None
     is_best = folder.name == BEST_DIR
     dev_report = _json(run / f"{DEV_REPORT}.json") if is_best else {}
-    metrics = dict(dev_report.get("metrics") or {}) or _last_eval(run)
+    best = _json(folder / BEST_RECORD) if is_best else {}
+    metrics = dict(dev_report.get("metrics") or {}) or dict(best.get("metrics") or {}) or _last_eval(run)
     return {
         "name": run.resolve().name, "folder": folder.name, "task": task, "head": head, "pipeline": pipeline,
         "model_type": config.get("model_type"), "family": model_config.get("family"),
@@ -78,7 +79,7 @@ def card_facts(model_folder: str | Path) -> dict[str, Any]:
         "commands": [c.get("argv") for c in record.get("commands", []) if isinstance(c, dict)] or
                     ([record["command"]] if record.get("command") else []),
         "inputs": record.get("inputs") or [], "versions": record.get("versions") or {},
-        "git": record.get("git") or {}, "config": recipe.get("config") or {}, "best": recipe.get("best"),
+        "git": record.get("git") or {}, "config": recipe.get("config") or {}, "best": recipe.get("best") or best or None,
         "metrics": metrics, "metrics_source": "dev file" if task else "held-out shards",
         "labels": list((config.get("id2label") or {}).values())
         if head in ("sequence-classification", "token-classification") else [],
@@ -170,7 +171,8 @@ def _results(facts: Mapping[str, Any]) -> str:
         return "No evaluation was recorded."
     rows = ["| metric | value |", "|---|---|"] + [f"| {k} | {float(v):.4f} |" for k, v in facts["metrics"].items()]
     best = facts["best"]
-    note = (f"The best dev {best['metric']} was reached at step {best['step']}; these are the scores of this model "
+    where = "dev" if facts["task"] else "held-out"
+    note = (f"The best {where} {best['metric']} was reached at step {best['step']}; these are the scores of this model "
             f"on the {facts['metrics_source']}." if isinstance(best, dict) and best.get("step") is not None
             else f"Scores of the last evaluation on the {facts['metrics_source']}.")
     return note + "\n\n" + "\n".join(rows)
