@@ -3,13 +3,15 @@ shape from scratch on every task and label fraction, next to bag-of-words baseli
 
     python benchmarks/pretrain_quality.py --minutes 45 -o runs/quality
     python benchmarks/pretrain_quality.py --minutes 45 --config bert-mini --embeddings random -o runs/q-mlm
+    python benchmarks/pretrain_quality.py --pretrained runs/quality/run/final --sides pretrained -o runs/q-final
+        # the same fine-tuning protocol for any model (here the last step of a run instead of its best/)
 
 1. Corpus: general English plus the unlabelled training texts of the tasks (quality_data.py); the
    bert-base-uncased vocabulary; 2% of the documents held out.
 2. Pretraining with the recipe (a preset, `--embeddings cooccurrence|random`, `--set` overrides) for
    `--minutes`: the step count is calibrated from two short probe runs so that the LR schedule ends
    at the budget (the co-occurrence stage counts in the budget). Held-out loss next to the unigram
-   plateau of the same held-out tokens.
+   plateau of the same held-out tokens. The run's best/ (lowest held-out loss) is what is fine-tuned.
 3. Fine-tuning, for the pretrained model and for the same shape from random weights alike: SST-2 at
    1% (3 seeds), 10% and 100% of the labels, AG News at 1% (3 seeds) and 10%, CoNLL-2003 NER; with
    `plmkit finetune`'s own defaults (no tuning flags), or with `--lrs` the best of the same learning
@@ -51,12 +53,13 @@ def build_shards(out: Path) -> Path:
     return prepare([corpus], VOCAB, out / "shards", holdout=0.02)
 
 
-def finetune_runs(task: Task, model: Path, out: Path, lrs: list[float] | None, seeds: int) -> dict[str, Any]:
+def finetune_runs(task: Task, model: Path, out: Path, lrs: list[float] | None, seeds: int,
+                  sides: tuple[str, ...] = ("pretrained", "scratch")) -> dict[str, Any]:
     """Dev metric per (side, fraction): mean and runs over seeds; with `lrs`, the best LR per side."""
     results: dict[str, Any] = {}
     for fraction in task.fractions:
         draws = list(range(seeds if fraction < 0.5 else 1))
-        for side in ("pretrained", "scratch"):
+        for side in sides:
             best: dict[str, Any] | None = None
             for lr in lrs or [None]:
                 runs = []
@@ -86,7 +89,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in summary["tasks"] if len(summary["tasks"][n]["pretrained"]) > 1]
+    names = [n for n in summary["tasks"] if len(summary["tasks"][n].get("pretrained", {})) > 1
+             and "scratch" in summary["tasks"][n]]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         result = summary["tasks"][name]
@@ -103,31 +107,16 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"pretrained ({summary['pretraining']['minutes']:.0f} min) vs from scratch")
+    minutes = summary["pretraining"].get("minutes")
+    fig.suptitle(f"pretrained ({minutes:.0f} min) vs from scratch" if minutes else "pretrained vs from scratch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=45.0, help="pretraining budget")
-    parser.add_argument("--config", default="bert-mini", help="preset of the pretrained model")
-    parser.add_argument("--embeddings", choices=("cooccurrence", "random"), default="cooccurrence")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="pretraining overrides")
-    parser.add_argument("--tasks", default="sst2,agnews,conll")
-    parser.add_argument("--fractions", default=None,
-                        help="comma-separated label fractions for every classification task (default: each task's own)")
-    parser.add_argument("--lrs", default=None, help="comma-separated LRs searched for both sides (default: plmkit's own)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds at label fractions under 50%")
-    parser.add_argument("--hf-minutes", type=float, default=0.0, help="transformers + Trainer MLM reference budget")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("-o", "--output", type=Path, default=Path("runs/quality"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = args.output
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+def pretrain_step(args: argparse.Namespace, out: Path) -> tuple[Path, dict[str, Any]]:
+    """Build the corpus, pretrain for the budget (and the transformers reference); the model to
+    fine-tune (the run's best/, else final/) and the summary so far."""
     shards = build_shards(out)
     baseline = unigram_baseline(shards)
     print(f"corpus: {ShardSet.open(shards).num_tokens:,} train tokens; held-out unigram plateau {baseline:.3f} nats",
@@ -151,6 +140,37 @@ def main() -> None:
 
         summary["transformers_reference"] = hf_mlm_reference(shards, args.config, args.hf_minutes, out / "hf")
         print(f"transformers + Trainer: {summary['transformers_reference']}", flush=True)
+    return model, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=45.0, help="pretraining budget")
+    parser.add_argument("--config", default="bert-mini", help="preset of the pretrained model")
+    parser.add_argument("--embeddings", choices=("cooccurrence", "random"), default="cooccurrence")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="pretraining overrides")
+    parser.add_argument("--tasks", default="sst2,agnews,conll")
+    parser.add_argument("--fractions", default=None,
+                        help="comma-separated label fractions for every classification task (default: each task's own)")
+    parser.add_argument("--lrs", default=None, help="comma-separated LRs searched for both sides (default: plmkit's own)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds at label fractions under 50%")
+    parser.add_argument("--hf-minutes", type=float, default=0.0, help="transformers + Trainer MLM reference budget")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="skip pretraining: fine-tune this model (a model folder or run) with the same protocol")
+    parser.add_argument("--sides", default="pretrained,scratch", help="which sides to fine-tune")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("-o", "--output", type=Path, default=Path("runs/quality"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    if args.pretrained is not None:
+        model = model_dir(args.pretrained)
+        summary: dict[str, Any] = {"pretraining": {"model": str(model)}, "tasks": {},
+                                   "load_average_start": os.getloadavg()[0]}
+    else:
+        model, summary = pretrain_step(args, out)
     lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else None
     all_tasks = tasks()
     for name in args.tasks.split(","):
@@ -158,7 +178,8 @@ def main() -> None:
         task = all_tasks[name]
         if args.fractions and task.recipe == "classification":
             task = dataclasses.replace(task, fractions=tuple(float(x) for x in args.fractions.split(",")))
-        summary["tasks"][name] = finetune_runs(task, model, out / "finetune", lrs, args.seeds)
+        summary["tasks"][name] = finetune_runs(task, model, out / "finetune", lrs, args.seeds,
+                                               tuple(args.sides.split(",")))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["load_average_end"] = os.getloadavg()[0]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -170,16 +191,23 @@ def table(summary: dict[str, Any]) -> str:
     lines = ["| task | labels | pretrained | from scratch | difference | TF-IDF+LR | naive Bayes |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, result in summary["tasks"].items():
-        for fraction, pre in result["pretrained"].items():
-            scratch = result["scratch"][fraction]
+        fractions = next(iter(result[side] for side in ("pretrained", "scratch") if side in result), {})
+        for fraction in fractions:
+            pre, scratch = (result.get(side, {}).get(fraction, {}).get("mean") for side in ("pretrained", "scratch"))
             base = result.get("baselines", {}).get(fraction, {})
-            cells = [f"{pre['mean']:.4f}", f"{scratch['mean']:.4f}", f"{(pre['mean'] - scratch['mean']) * 100:+.1f}",
-                     *(f"{base[k]:.4f}" if k in base else "-" for k in ("tfidf_logreg", "naive_bayes"))]
+            cells = [f"{v:.4f}" if v is not None else "-" for v in (pre, scratch)]
+            cells.append(f"{(pre - scratch) * 100:+.1f}" if pre is not None and scratch is not None else "-")
+            cells += [f"{base[k]:.4f}" if k in base else "-" for k in ("tfidf_logreg", "naive_bayes")]
             lines.append(f"| {name} | {float(fraction):.0%} | " + " | ".join(cells) + " |")
     p = summary["pretraining"]
-    lines.append(f"\npretraining: {p['steps']} steps in {p['minutes']:.1f} min, held-out loss "
-                 f"{p['eval_history'][-1]['eval_loss']:.3f} (unigram plateau {p['unigram_plateau']:.3f}, "
-                 f"ppl {math.exp(p['eval_history'][-1]['eval_loss']):.0f})")
+    if p.get("eval_history"):
+        last = p["eval_history"][-1]["eval_loss"]
+        best = min(p["eval_history"], key=lambda e: e["eval_loss"])
+        lines.append(f"\npretraining: {p['steps']} steps in {p['minutes']:.1f} min, held-out loss {last:.3f} at the "
+                     f"end, lowest {best['eval_loss']:.3f} at step {best['step']} (unigram plateau "
+                     f"{p['unigram_plateau']:.3f}); fine-tuned: {p['model']}")
+    else:
+        lines.append(f"\nfine-tuned: {p['model']}")
     return "\n".join(lines)
 
 

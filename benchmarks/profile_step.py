@@ -8,7 +8,8 @@ not spent inside any op (interpreter, autograd engine, profiler overhead).
 
     python benchmarks/profile_step.py                          # bert-base 8x128, bert-mini 32x128, gpt2 4x256
     python benchmarks/profile_step.py --models bert-mini --precision fp32 --top 15
-    python benchmarks/profile_step.py --fast-dropout --loss-chunk 1024 --malloc retain   # with the speed options
+    python benchmarks/profile_step.py --no-fast-dropout                   # torch's own dropout
+    python benchmarks/profile_step.py --loss-chunk 1024 --malloc retain   # with the other speed options
 
 Prints a Markdown table (category x model: ms and share of the step) ready for benchmarks/README.md,
 then the configuration. Timings depend on the host; run it on an idle machine.
@@ -35,6 +36,7 @@ from plmkit.models import build_model  # noqa: E402
 from plmkit.models.base import use_chunked_loss  # noqa: E402
 from plmkit.models.layers import use_fast_dropout  # noqa: E402
 from plmkit.train.allocator import apply_malloc_setting  # noqa: E402
+from plmkit.train.loop import TrainConfig  # noqa: E402
 from plmkit.train.optim import build_optimizer  # noqa: E402
 
 SHAPES = {"bert-base": (8, 128), "bert-mini": (32, 128), "gpt2": (4, 256), "gpt-small": (16, 256)}
@@ -143,7 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=2, help="profiled steps (averaged)")
     p.add_argument("--top", type=int, default=0, help="also list this many ops by self time per model")
-    p.add_argument("--fast-dropout", action="store_true", help="TrainConfig.fast_dropout")
+    p.add_argument("--fast-dropout", action=argparse.BooleanOptionalAction, default=TrainConfig().fast_dropout,
+                   help="TrainConfig.fast_dropout (default: its default)")
     p.add_argument("--loss-chunk", type=int, default=0, help="TrainConfig.loss_chunk (label positions per chunk)")
     p.add_argument("--malloc", default="default", choices=("default", "retain"), help="TrainConfig.malloc")
     args = p.parse_args(argv)

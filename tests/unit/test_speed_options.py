@@ -119,9 +119,10 @@ def test_fast_dropout_switch_reaches_every_dropout_and_trains(gpt, tmp_path):
     flags = [m.fast for m in model.modules() if hasattr(m, "fast")]
     assert flags and all(flags)
     use_fast_dropout(model, False)
-    plain = train(gpt(dropout=0.1), Stream(), config(max_steps=6), tmp_path / "plain").losses
+    plain = train(gpt(dropout=0.1), Stream(), config(max_steps=6, fast_dropout=False), tmp_path / "plain").losses
     model = gpt(dropout=0.1)
-    fast = train(model, Stream(), config(max_steps=6, fast_dropout=True), tmp_path / "fast").losses
+    assert TrainConfig().fast_dropout  # the default
+    fast = train(model, Stream(), config(max_steps=6), tmp_path / "fast").losses
     assert not any(m.fast for m in model.modules() if hasattr(m, "fast"))  # the model is given back as it came
     assert fast != plain  # other random draws ...
     assert sum(fast) / 6 == pytest.approx(sum(plain) / 6, abs=0.05)  # ... of the same dropout
