@@ -88,3 +88,19 @@ def test_pretrain_patience_must_be_positive():
 
     with pytest.raises(ConfigError, match="patience"):
         load_config("bert-tiny", ["patience=0"])
+
+
+def test_pretrain_cli_patience_ends_the_run_when_heldout_loss_stops_falling(corpus, tmp_path, capsys):
+    """--set patience=1 through the CLI: at an LR too small to move an fp32 weight the held-out loss
+    repeats, so the second evaluation is not lower and the run stops there; best/ is the first."""
+    tok_dir, shards, run = tmp_path / "tok", tmp_path / "shards", tmp_path / "run"
+    assert main(["tokenizer", "train", str(corpus), "--kind", "wordpiece", "--vocab-size", "1000", "-o", str(tok_dir)]) == 0
+    assert main(["prepare", str(corpus), "--tokenizer", str(tok_dir), "-o", str(shards), "--holdout", "0.05"]) == 0
+    args = ["pretrain", "--config", "bert-tiny", "--shards", str(shards), "-o", str(run), "--set", "patience=1",
+            "--set", "train.max_steps=40", "--set", "train.eval_every=10", "--set", "train.lr=1e-12"]
+    for s in SMALL:
+        args += ["--set", s]
+    assert main(args) == 0
+    assert [e["step"] for e in read_metrics(run / "metrics.jsonl", "eval")] == [10, 20]
+    assert json.loads((run / "best" / "best.json").read_text())["step"] == 10
+    assert "lowest held-out loss" in capsys.readouterr().out

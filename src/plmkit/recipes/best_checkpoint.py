@@ -40,7 +40,7 @@ class BestCheckpoint:
         self.best: float | None = None
         self.best_step: int | None = None
         self.bad_evals = 0
-        previous = _previous_best(self.dir) if resuming else None
+        previous = read_best(self.dir) if resuming else None
         if previous and previous.get("metric") == metric:
             self.best, self.best_step = previous["value"], previous["step"]
 
@@ -81,8 +81,9 @@ class BestCheckpoint:
             os.replace(tmp, self.dir)
 
 
-def _previous_best(folder: Path) -> dict[str, Any] | None:
-    """The best record of an earlier part of a resumed run: best/best.json, else its finetune.json."""
+def read_best(folder: Path) -> dict[str, Any] | None:
+    """The record of a best/ folder (metric, value, step, metrics): its best.json, else the "best" of
+    its finetune.json (runs written before best.json); None when there is none."""
     try:
         record = json.loads((folder / BEST_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -91,4 +92,4 @@ def _previous_best(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and {"metric", "value", "step"} <= record.keys() else None
 
 
-__all__ = ["BestCheckpoint", "LOWER_IS_BETTER", "higher_is_better"]
+__all__ = ["BestCheckpoint", "LOWER_IS_BETTER", "higher_is_better", "read_best"]

@@ -11,7 +11,6 @@ shards' tokenizer, so a preset works with any tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from plmkit.data.shards import ShardSet
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.heads import FAMILY_OBJECTIVES
 from plmkit.models import build_model, load, save_model
-from plmkit.recipes.best_checkpoint import BestCheckpoint
+from plmkit.recipes.best_checkpoint import BestCheckpoint, read_best
 from plmkit.rundir import BEST_DIR, BEST_RECORD
 from plmkit.train.distributed import current_env
 from plmkit.train.checkpoint import resolve_resume
@@ -194,6 +193,7 @@ def make_eval_fn(cfg: PretrainConfig, objective: str):
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None) -> TrainResult:
     """Pretrain cfg.model on the shards at cfg.data.path with the family's objective."""
     shards = _training_shards(cfg)
+    resuming = resolve_resume(Path(out_dir), resume) is not None
     tokenizer = Tokenizer.load(shards.tokenizer_path)
     model_cfg = _fit_model_to_tokenizer(cfg.model, shards)
     objective = cfg.data.objective or OBJECTIVE_OF_FAMILY[model_cfg.family]
@@ -203,13 +203,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: str | None = None
             raise ConfigError(f"init_from {cfg.init_from}: vocabulary {model.config.vocab_size} != "
                               f"shards' {shards.vocab_size}; prepare the shards with that model's tokenizer")
     else:
-        model = fresh_model(cfg, model_cfg, embeddings=resolve_resume(Path(out_dir), resume) is None)
+        model = fresh_model(cfg, model_cfg, embeddings=not resuming)
     stream = open_stream(sources(cfg.data), objective, max_length=cfg.data.max_length, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, prefetch=cfg.data.prefetch, **cfg.data.options)
     eval_fn = make_eval_fn(cfg, objective)
     keeper = None
     if eval_fn is not None and cfg.keep_best and cfg.train.eval_every:
-        resuming = resolve_resume(Path(out_dir), resume) is not None
         keeper = BestCheckpoint(model, tokenizer, Path(out_dir), "eval_loss", cfg.patience, resuming=resuming)
     result = train(model, stream, cfg.train, out_dir, eval_fn=eval_fn, resume=resume, tokenizer=tokenizer,
                    callbacks=[keeper] if keeper else [])
@@ -256,13 +255,6 @@ def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) ->
         table[rows] = torch.from_numpy(vectors[seen]).to(table.dtype)
 
 
-def _best_record(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out_dir / BEST_DIR / BEST_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def cli_configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="bert-mini", metavar="PRESET|YAML",
                         help=f"preset ({', '.join(preset_names())}) or YAML file; `plmkit config pretrain "
@@ -302,7 +294,7 @@ def cli_run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
     print(f"pretrained {result.step} steps in {result.elapsed_s / 60:.1f} min -> {result.final_dir}"
           + (f" ({summary})" if summary else ""))
-    best = _best_record(Path(args.output))
+    best = read_best(Path(args.output) / BEST_DIR)
     if best is not None:
         print(f"lowest held-out loss {best['value']:.4g} at step {best['step']} -> {Path(args.output) / BEST_DIR} "
               "(what finetune loads from this run)")
