@@ -19,13 +19,13 @@ plmkit variants (--variants, several sides interleaved with transformers; "+" co
   compile         regional torch.compile of every block, torch's dynamic-shape policy
   compile-static  the same with static shapes (lengths padded to multiples of 32)
   fast-dropout    TrainConfig.fast_dropout (on by default)   torch-dropout   torch's own dropout instead
-  loss-chunk      TrainConfig.loss_chunk (--loss-chunk)
+  loss-chunk      TrainConfig.loss_chunk = --loss-chunk  full-logits     loss_chunk 0 (the default on GPU)
   checkpointing   TrainConfig.activation_checkpointing
 
     python benchmarks/bench_train.py                     # bert-mini + gpt-small, fp32 + bf16
     python benchmarks/bench_train.py --models bert-base,gpt2 --precision bf16
     python benchmarks/bench_train.py --models bert-mini,gpt-small --precision bf16 \\
-        --variants default,torch-dropout,compile,loss-chunk
+        --variants default,torch-dropout,full-logits,compile
     python benchmarks/bench_train.py --models gpt2 --precision bf16 --variants default,checkpointing --memory
     python benchmarks/bench_train.py --models minilm-sst2 --precision fp32,bf16
     python benchmarks/bench_train.py --malloc retain     # or --tcmalloc: the allocator (whole process)
@@ -58,7 +58,7 @@ from plmkit.models.base import use_chunked_loss  # noqa: E402
 from plmkit.models.layers import use_fast_dropout  # noqa: E402
 from plmkit.train.allocator import allocator_in_use, apply_malloc_setting, tcmalloc_path  # noqa: E402
 from plmkit.train.blockwise import BlockRunner  # noqa: E402
-from plmkit.train.loop import TrainConfig  # noqa: E402
+from plmkit.train.loop import TrainConfig, loss_chunk_for  # noqa: E402
 from plmkit.train.optim import build_optimizer  # noqa: E402
 
 SHAPES = {"bert-mini": (32, 128), "bert-base": (8, 128), "gpt-small": (16, 256), "gpt2": (4, 256),
@@ -66,7 +66,8 @@ SHAPES = {"bert-mini": (32, 128), "bert-base": (8, 128), "gpt-small": (16, 256),
 """Model -> (batch, length) of the full-row workload (minilm-sst2: batch, max_length)."""
 FINETUNE = {"minilm-sst2": "minilm"}
 """Fine-tuning workloads -> the model shape (common.WORKLOAD_PRESETS)."""
-VARIANT_PARTS = ("default", "compile", "compile-static", "fast-dropout", "torch-dropout", "loss-chunk", "checkpointing")
+VARIANT_PARTS = ("default", "compile", "compile-static", "fast-dropout", "torch-dropout", "loss-chunk", "full-logits",
+                 "checkpointing")
 REAL_MIN_LENGTH = 16
 MASK_PROB = 0.15
 CLS, SEP, MASK = 101, 102, 103
@@ -245,13 +246,14 @@ def build_plmkit(name: str, cfg: ModelConfig, variant: str, device: torch.device
     torch.manual_seed(0)
     model = build_model(cfg, task_of(name, cfg)).to(device).train()
     use_fast_dropout(model, "torch-dropout" not in parts and (TrainConfig().fast_dropout or "fast-dropout" in parts))
-    use_chunked_loss(model, loss_chunk if "loss-chunk" in parts else 0)
+    chunk = 0 if "full-logits" in parts else loss_chunk if "loss-chunk" in parts else loss_chunk_for(
+        TrainConfig().loss_chunk, device)
+    use_chunked_loss(model, chunk)
     compiled = bool(parts & {"compile", "compile-static"})
     runner = BlockRunner(model, compile=compiled, checkpointing="checkpointing" in parts,
                          shapes="static" if "compile-static" in parts else "dynamic")
     opt = build_optimizer(model, lr=LR, weight_decay=0.01)
-    settings = [f"fused={opt.defaults['fused']}"] + [f"loss_chunk={loss_chunk}" if part == "loss-chunk" else part
-                                                      for part in sorted(parts - {"default"})]
+    settings = [f"fused={opt.defaults['fused']}", f"loss_chunk={chunk}"] + sorted(parts - {"default", "loss-chunk"})
     return Side(model, opt, runner, description=f"build_optimizer, {', '.join(settings)}")
 
 

@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--fractions", default=None,
                         help="comma-separated label fractions for every classification task (default: each task's own)")
     parser.add_argument("--lrs", default=None, help="comma-separated LRs searched for both sides (default: plmkit's own)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds at label fractions under 50%")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds at label fractions under 50%%")
     parser.add_argument("--hf-minutes", type=float, default=0.0, help="transformers + Trainer MLM reference budget")
     parser.add_argument("--pretrained", type=Path, default=None,
                         help="skip pretraining: fine-tune this model (a model folder or run) with the same protocol")

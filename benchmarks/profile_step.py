@@ -36,7 +36,7 @@ from plmkit.models import build_model  # noqa: E402
 from plmkit.models.base import use_chunked_loss  # noqa: E402
 from plmkit.models.layers import use_fast_dropout  # noqa: E402
 from plmkit.train.allocator import apply_malloc_setting  # noqa: E402
-from plmkit.train.loop import TrainConfig  # noqa: E402
+from plmkit.train.loop import TrainConfig, loss_chunk_for  # noqa: E402
 from plmkit.train.optim import build_optimizer  # noqa: E402
 
 SHAPES = {"bert-base": (8, 128), "bert-mini": (32, 128), "gpt2": (4, 256), "gpt-small": (16, 256)}
@@ -147,7 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=0, help="also list this many ops by self time per model")
     p.add_argument("--fast-dropout", action=argparse.BooleanOptionalAction, default=TrainConfig().fast_dropout,
                    help="TrainConfig.fast_dropout (default: its default)")
-    p.add_argument("--loss-chunk", type=int, default=0, help="TrainConfig.loss_chunk (label positions per chunk)")
+    p.add_argument("--loss-chunk", type=int, default=loss_chunk_for(TrainConfig().loss_chunk, torch.device("cpu")),
+                   help="TrainConfig.loss_chunk (label positions per chunk, 0 = full logits; default: its CPU default)")
     p.add_argument("--malloc", default="default", choices=("default", "retain"), help="TrainConfig.malloc")
     args = p.parse_args(argv)
     args.models = common.choices(p, "--models", args.models, SHAPES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from pathlib import Path
 
@@ -382,6 +383,8 @@ def test_cli_generate_prints_prompt_and_continuation(text_model, gpt2_tok, tmp_p
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_gives_the_same_tokens(models):
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+def test_compiled_decode_step_gives_the_same_tokens(models, weights):
     _, ours = models
-    assert generate(ours, PROMPTS, max_new_tokens=8, compile=True).tokens == generate(ours, PROMPTS, max_new_tokens=8).tokens
+    model = quantize.prepare_for_inference(copy.deepcopy(ours), weights)  # bf16 on CPU: oneDNN-packed linears
+    assert generate(model, PROMPTS, max_new_tokens=8, compile=True).tokens == generate(model, PROMPTS, max_new_tokens=8).tokens

@@ -13,13 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from plmkit.config import ConfigError
 from plmkit.models.base import PretrainedModel, linear_cross_entropy, lm_loss, use_chunked_loss
 from plmkit.models.layers import (
     Dropout, _explicit_attention, build_attention_mask, dropout_mask, known_all_real, use_fast_dropout,
 )
 from plmkit.train import blockwise
 from plmkit.train.blockwise import BlockRunner, decide_compile, pad_batch
-from plmkit.train.loop import TrainConfig, train
+from plmkit.train.loop import CPU_LOSS_CHUNK, TrainConfig, loss_chunk_for, train
 from plmkit.train.metrics_log import read_metrics
 
 VOCAB = 64
@@ -193,11 +194,22 @@ def test_chunked_heads_give_the_same_loss_and_gradients(preset, task, tiny):
 
 
 def test_loop_with_chunked_loss_matches_full_logits(gpt, tmp_path):
-    plain = train(gpt(), Stream(), config(), tmp_path / "plain").losses
-    model = gpt()
-    chunked = train(model, Stream(), config(loss_chunk=7), tmp_path / "chunked").losses
-    assert chunked == pytest.approx(plain, rel=1e-5)
-    assert model.loss_chunk == PretrainedModel.loss_chunk == 0  # given back with full logits
+    plain = train(gpt(), Stream(), config(loss_chunk=0), tmp_path / "plain").losses
+    for chunk in (7, "auto"):  # "auto" is chunked on CPU
+        model = gpt()
+        chunked = train(model, Stream(), config(loss_chunk=chunk), tmp_path / f"chunked-{chunk}").losses
+        assert chunked == pytest.approx(plain, rel=1e-5)
+        assert model.loss_chunk == PretrainedModel.loss_chunk == 0  # given back with full logits
+
+
+def test_loss_chunk_auto_is_chunked_on_cpu_only():
+    assert TrainConfig().loss_chunk == "auto"
+    assert loss_chunk_for("auto", torch.device("cpu")) == CPU_LOSS_CHUNK > 0
+    assert loss_chunk_for("auto", torch.device("cuda")) == 0
+    assert loss_chunk_for(0, torch.device("cpu")) == 0 and loss_chunk_for(64, torch.device("cuda")) == 64
+    for bad in (-1, "fast", 1.5, True):
+        with pytest.raises(ConfigError, match="train.loss_chunk"):
+            config(loss_chunk=bad)
 
 
 # --------------------------------------------------------------------------- checkpointing, accumulation
@@ -317,7 +329,7 @@ def test_retaining_freed_memory_changes_no_result(tmp_path):
         from plmkit.config import model_config
         from plmkit.models import build_model
         from plmkit.train.allocator import allocator_in_use
-        from plmkit.train.loop import TrainConfig, train
+        from plmkit.train.loop import CPU_LOSS_CHUNK, TrainConfig, loss_chunk_for, train
         import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
         from test_speed_options import Stream
         if allocator_in_use() != "glibc":

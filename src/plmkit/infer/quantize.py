@@ -46,7 +46,14 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return _packed_linear(x, self.weight, self.bias)
+
+
+@torch.compiler.disable
+def _packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's linear on a pre-packed weight. Inductor cannot lower this op (torch 2.13), so a
+    compiled decode step (`generate(compile=True)`) calls it eagerly between its compiled pieces."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class TransposedLinear(nn.Module):

@@ -133,9 +133,11 @@ class TrainConfig:
     (plmkit.models.layers.use_fast_dropout); the same dropout, other random draws. No effect on GPU.
     On by default: x1.5 on a bert-mini and x1.3 on a GPT-2-shaped bf16 step in a quiet-host A/B
     (benchmarks/README.md); false gives torch's own dropout (its random draws)."""
-    loss_chunk: int = 0
+    loss_chunk: int | Literal["auto"] = "auto"
     """> 0: compute the language-model loss over chunks of this many label positions without the full
-    (tokens, vocabulary) logits (plmkit.models.base.linear_cross_entropy); 0 = full logits."""
+    (tokens, vocabulary) logits (plmkit.models.base.linear_cross_entropy); 0 = full logits. "auto"
+    (`loss_chunk_for`): 1024 on CPU, where it won a quiet-host A/B (x1.1 on a bert-mini and x1.3 on
+    a GPT-2-shaped bf16 step, benchmarks/README.md), full logits on GPU (not measured there)."""
     malloc: Literal["default", "retain"] = "default"
     """CPU: "retain" makes glibc malloc keep freed memory for reuse (no per-step page faults on large
     tensors; see plmkit.train.allocator). tcmalloc is used when preloaded (LD_PRELOAD)."""
@@ -162,11 +164,13 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        at_least_zero = ("warmup_steps", "eval_every", "save_every", "keep_last", "weight_decay", "max_nonfinite_skips",
-                         "loss_chunk")
+        at_least_zero = ("warmup_steps", "eval_every", "save_every", "keep_last", "weight_decay", "max_nonfinite_skips")
         for name in at_least_zero:
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.loss_chunk != "auto" and (isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int)
+                                          or self.loss_chunk < 0):
+            raise ConfigError(f"train.loss_chunk must be \"auto\" or an integer >= 0, got {self.loss_chunk!r}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
@@ -349,11 +353,13 @@ class _Trainer:
         runner = BlockRunner(self.inner, compile=compile_on, checkpointing=cfg.activation_checkpointing,
                              shapes=cfg.compile_shapes)
         use_fast_dropout(self.inner, cfg.fast_dropout)
-        use_chunked_loss(self.inner, cfg.loss_chunk)
+        chunk = loss_chunk_for(cfg.loss_chunk, device)
+        use_chunked_loss(self.inner, chunk)
         allocator = apply_malloc_setting(cfg.malloc) if device.type == "cpu" else "allocator: device"
         if self.env.is_main:
-            logger.info("compile: %s (%s); activation checkpointing: %s; %s", "on" if runner.compiled else "off", why,
-                        "on" if runner.checkpointing else "off", allocator)
+            logger.info("compile: %s (%s); activation checkpointing: %s; loss: %s; %s", "on" if runner.compiled else "off",
+                        why, "on" if runner.checkpointing else "off",
+                        f"chunks of {chunk} label positions" if chunk else "full logits", allocator)
         return runner
 
     def restore_model(self) -> None:
@@ -739,6 +745,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
+
+
+CPU_LOSS_CHUNK = 1024
+"""Label positions per chunk of the language-model loss that loss_chunk "auto" uses on CPU."""
+
+
+def loss_chunk_for(setting: int | str, device: torch.device) -> int:
+    """The label positions per loss chunk that TrainConfig.loss_chunk gives on `device` (0 = full logits)."""
+    if setting == "auto":
+        return CPU_LOSS_CHUNK if device.type == "cpu" else 0
+    return int(setting)
 
 
 def cpu_has_native_bf16() -> bool:
