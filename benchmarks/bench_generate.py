@@ -26,9 +26,11 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -207,7 +209,47 @@ def stream_check(weights: list[str], repeats: int = 8) -> str:
 
         seconds = _median(one_pass, repeats)
         rows.append([f"plmkit {w} linears", f"{seconds * 1000:.2f}", f"{decode_step_bytes(model) / seconds / 1e9:.1f}"])
+    rows += alternative_kernels(shapes[:-1], repeats)
     return common.format_table(["kernel (batch 1)", "ms per pass", "GB/s"], rows) + "\n"
+
+
+def alternative_kernels(shapes: list[tuple[int, int]], repeats: int) -> list[list[str]]:
+    """The same block linears (no LM head) through the other kernels torch offers at batch 1: plain
+    F.linear on the (out, in) weight, torch.mv, and dynamically quantized int8 (activations
+    quantized too, so not the same function as plmkit's weight-only int8) on each engine."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    weights = [torch.randn(n, k) * 0.02 for n, k in shapes]
+    x32 = {k: torch.randn(1, k) for k in sorted({k for _, k in shapes})}
+    x16 = {k: v.bfloat16() for k, v in x32.items()}
+    rows = []
+
+    def add(name: str, fn, nbytes: int) -> None:
+        with torch.inference_mode():
+            seconds = _median(fn, repeats)
+        rows.append([name, f"{seconds * 1000:.2f}", f"{nbytes / seconds / 1e9:.1f}"])
+
+    size = sum(w.numel() for w in weights)
+    add("fp32 F.linear (out, in) weight", lambda: [F.linear(x32[w.size(1)], w) for w in weights], 4 * size)
+    bf16 = [w.bfloat16() for w in weights]
+    add("bf16 F.linear (out, in) weight", lambda: [F.linear(x16[w.size(1)], w) for w in bf16], 2 * size)
+    add("bf16 torch.mv", lambda: [torch.mv(w, x16[w.size(1)][0]) for w in bf16], 2 * size)
+    engine = torch.backends.quantized.engine
+    for name in torch.backends.quantized.supported_engines:
+        if name == "none":
+            continue
+        torch.backends.quantized.engine = name
+        layers = []
+        for w in weights:
+            linear = nn.Linear(w.size(1), w.size(0), bias=False)
+            linear.weight.data = w
+            with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao
+                warnings.simplefilter("ignore")
+                layers.append(torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, torch.qint8))
+        add(f"int8 dynamic quantization ({name})", lambda: [q(x32[w.size(1)]) for q, w in zip(layers, weights)], size)
+    torch.backends.quantized.engine = engine
+    return rows
 
 
 def _median(fn, repeats: int) -> float:
