@@ -329,7 +329,7 @@ def test_retaining_freed_memory_changes_no_result(tmp_path):
         from plmkit.config import model_config
         from plmkit.models import build_model
         from plmkit.train.allocator import allocator_in_use
-        from plmkit.train.loop import CPU_LOSS_CHUNK, TrainConfig, loss_chunk_for, train
+        from plmkit.train.loop import TrainConfig, train
         import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
         from test_speed_options import Stream
         if allocator_in_use() != "glibc":
