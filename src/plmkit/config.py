@@ -183,8 +183,21 @@ class ModelConfig:
 # --------------------------------------------------------------------------- parsing
 
 
+_PLAIN_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """What a value of annotation `tp` may be, in words: "an integer or 'auto'"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is Literal:
+        return " or ".join(repr(arg) for arg in args)
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return _PLAIN_NAMES.get(tp) or getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

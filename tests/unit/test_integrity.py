@@ -56,6 +56,7 @@ def tok_dir(corpus, tmp_path_factory) -> Path:
     ("dropout", "0.1x", "model.dropout: expected a number"),
     ("vocab_size", 10**9, "model.vocab_size must be between 1 and 16,777,216"),
     ("max_positions", -4, "model.max_positions must be between 1"),
+    ("embedding_size", "wide", "model.embedding_size: expected an integer or null, got 'wide'"),  # a union, in words
 ])
 def test_model_config_fields_are_checked_by_name(field, value, message):
     if message is None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plmkit.config import ConfigError
+from plmkit.config import ConfigError, from_dict
 from plmkit.models.base import PretrainedModel, linear_cross_entropy, lm_loss, use_chunked_loss
 from plmkit.models.layers import (
     Dropout, _explicit_attention, build_attention_mask, dropout_mask, known_all_real, use_fast_dropout,
@@ -210,6 +210,8 @@ def test_loss_chunk_auto_is_chunked_on_cpu_only():
     for bad in (-1, "fast", 1.5, True):
         with pytest.raises(ConfigError, match="train.loss_chunk"):
             config(loss_chunk=bad)
+    with pytest.raises(ConfigError, match="train.loss_chunk: expected an integer or 'auto', got 'fast'"):
+        from_dict(TrainConfig, {"loss_chunk": "fast"}, "train")
 
 
 # --------------------------------------------------------------------------- checkpointing, accumulation
