@@ -69,7 +69,10 @@ def test_pretraining_starts_from_cooccurrence_embeddings(corpus, tmp_path: Path)
     common = [f"data.path={shards}", "model.num_layers=1", "model.hidden_size=16", "model.num_heads=2",
               "model.intermediate_size=32", "train.max_steps=1", "train.save_every=0", "train.progress=false",
               "data.eval_examples=0", "data.max_length=32", "train.batch_size=4", "train.lr=1e-9"]
-    assert load_config("bert-mini").embeddings.init == "cooccurrence"  # the small presets' default
+    for preset in ("bert-mini", "bert-small"):  # the small presets' recipe (benchmarks/README.md)
+        cfg = load_config(preset)
+        assert cfg.embeddings.init == "cooccurrence" and cfg.train.layer_decay == 0.5
+        assert cfg.data.options == {"mlm_probability": 0.4}
     plain = pretrain(load_config("bert-mini", common + ["embeddings.init=random"]), tmp_path / "plain")
     init = pretrain(load_config("bert-mini", common + ["embeddings.init=cooccurrence", "embeddings.window=3"]),
                     tmp_path / "init")

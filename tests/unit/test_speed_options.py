@@ -20,7 +20,7 @@ from plmkit.models.layers import (
 )
 from plmkit.train import blockwise
 from plmkit.train.blockwise import BlockRunner, decide_compile, pad_batch
-from plmkit.train.loop import CPU_LOSS_CHUNK, TrainConfig, loss_chunk_for, train
+from plmkit.train.loop import CPU_LOSS_CHUNK, TrainConfig, denormals_flushed, loss_chunk_for, train
 from plmkit.train.metrics_log import read_metrics
 
 VOCAB = 64
@@ -212,6 +212,34 @@ def test_loss_chunk_auto_is_chunked_on_cpu_only():
             config(loss_chunk=bad)
     with pytest.raises(ConfigError, match="train.loss_chunk: expected an integer or 'auto', got 'fast'"):
         from_dict(TrainConfig, {"loss_chunk": "fast"}, "train")
+
+
+# --------------------------------------------------------------------------- denormals
+
+
+def test_denormals_are_flushed_while_training_and_the_setting_is_given_back(gpt, tmp_path):
+    assert TrainConfig().flush_denormals and not denormals_flushed()
+    during: list[bool] = []
+    model = gpt()
+    train(model, Stream(), config(), tmp_path / "on", callbacks=[lambda step, m: during.append(denormals_flushed())])
+    assert during == [True] * 3 and not denormals_flushed()
+    # what it is for: an AdamW moment that has decayed under 1.2e-38 becomes 0, not a slow denormal
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    p.grad = torch.ones(4)
+    opt.step()
+    opt.state[p]["exp_avg"].fill_(1e-38)
+    p.grad = torch.zeros(4)
+    torch.set_flush_denormal(True)
+    try:
+        opt.step()  # 0.9 * 1e-38 is a denormal
+    finally:
+        torch.set_flush_denormal(False)
+    assert opt.state[p]["exp_avg"].eq(0).all()
+    off: list[bool] = []
+    train(gpt(), Stream(), config(flush_denormals=False), tmp_path / "off",
+          callbacks=[lambda step, m: off.append(denormals_flushed())])
+    assert off == [False] * 3
 
 
 # --------------------------------------------------------------------------- checkpointing, accumulation

@@ -30,7 +30,7 @@ from plmkit.cli_args import add_output
 from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.outputs import DEMO, claim_output
-from plmkit.recipes.pretrain import load_config, pretrain, save_initial_model
+from plmkit.recipes.pretrain import best_line, load_config, pretrain, save_initial_model
 from plmkit.recipes.report import write_html_report
 from plmkit.rundir import METRICS_FILE, model_dir
 
@@ -94,10 +94,11 @@ def pretrain_models(data: Path, out: Path, wordpiece: Path, bpe: Path, scale: fl
     bert_cfg = load_config("bert-mini", [f"data.path={bert_shards}", "data.objective=roberta", "data.max_length=64",
                                          f"train.max_steps={bert_steps}", f"train.warmup_steps={bert_steps // 10}",
                                          f"train.eval_every={max(bert_steps // 4, 1)}", "train.save_every=0",
-                                         "data.eval_examples=256", "train.lr=3e-4"])
+                                         "data.eval_examples=256"])
     # Stage 1 (seconds): token embeddings from the corpus' co-occurrences, layers random. Stage 2
-    # continues from it with masked LM (init_from keeps the embeddings); lr 3e-4, not the preset's
-    # 1e-3, which wears the co-occurrence start down faster on a corpus this small.
+    # continues from it with masked LM (init_from keeps the embeddings), with the preset's recipe:
+    # 40% masking, and layer-wise LR decay so the embeddings learn at 1/32 of the top rate and keep
+    # what stage 1 gave them.
     embeddings = save_initial_model(bert_cfg, out / "bert-embeddings")
     print(f"co-occurrence embeddings of {bert_cfg.model.hidden_size} dimensions: {embeddings}")
     bert = pretrain(dataclasses.replace(bert_cfg, init_from=str(embeddings)), out / "bert")
@@ -119,6 +120,9 @@ def _report(result) -> None:
     last = result.eval_history[-1]
     scores = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "step")
     print(f"{result.step} steps in {result.elapsed_s / 60:.1f} min, {result.tokens_seen:,} tokens; held-out: {scores}")
+    best = best_line(result.out_dir)
+    if best:
+        print(best)
 
 
 LABEL_FRACTIONS = (0.1, 1.0)
@@ -259,7 +263,8 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     watch.lap("fine-tuning (pretrained and from scratch)")
     samples = show_generation(gpt, bert, runs["bert-embeddings"])
     watch.lap("generation and fill-mask")
-    bert_eval, gpt_eval = runs["bert"].eval_history[-1], runs["gpt"].eval_history[-1]
+    # the evaluations of the models fine-tuned and sampled: best/, the lowest held-out loss
+    bert_eval, gpt_eval = (min(runs[name].eval_history, key=lambda r: r["eval_loss"]) for name in ("bert", "gpt"))
     summary = {
         "bert_heldout_mlm_loss": bert_eval["eval_loss"], "unigram_baseline_loss": runs["unigram"],
         "bert_mlm_accuracy": bert_eval.get("mlm_accuracy"),

@@ -294,8 +294,17 @@ def cli_run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
     print(f"pretrained {result.step} steps in {result.elapsed_s / 60:.1f} min -> {result.final_dir}"
           + (f" ({summary})" if summary else ""))
-    best = read_best(Path(args.output) / BEST_DIR)
-    if best is not None:
-        print(f"lowest held-out loss {best['value']:.4g} at step {best['step']} -> {Path(args.output) / BEST_DIR} "
-              "(what finetune loads from this run)")
+    best = best_line(Path(args.output))
+    if best:
+        print(best)
     return 0
+
+
+def best_line(run_dir: Path) -> str | None:
+    """"lowest held-out loss L at step N -> RUN/best (what finetune loads from this run)", or None
+    when the run kept no best/."""
+    best = read_best(run_dir / BEST_DIR)
+    if best is None:
+        return None
+    return (f"lowest held-out loss {best['value']:.4g} at step {best['step']} -> {run_dir / BEST_DIR} "
+            "(what finetune loads from this run)")

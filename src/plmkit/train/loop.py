@@ -138,6 +138,11 @@ class TrainConfig:
     (tokens, vocabulary) logits (plmkit.models.base.linear_cross_entropy); 0 = full logits. "auto"
     (`loss_chunk_for`): 1024 on CPU, where it won a quiet-host A/B (x1.1 on a bert-mini and x1.3 on
     a GPT-2-shaped bf16 step, benchmarks/README.md), full logits on GPU (not measured there)."""
+    flush_denormals: bool = True
+    """CPU: treat floats under 1.2e-38 (denormals) as zero while training (torch.set_flush_denormal).
+    The AdamW moments of embedding rows a run rarely sees decay into that range, where x86
+    arithmetic is 10-20x slower: without it a pretraining step slows down as the run goes on
+    (benchmarks/README.md, "Denormals"). Results change only by values under 1.2e-38."""
     malloc: Literal["default", "retain"] = "default"
     """CPU: "retain" makes glibc malloc keep freed memory for reuse (no per-step page faults on large
     tensors; see plmkit.train.allocator). tcmalloc is used when preloaded (LD_PRELOAD)."""
@@ -356,10 +361,12 @@ class _Trainer:
         chunk = loss_chunk_for(cfg.loss_chunk, device)
         use_chunked_loss(self.inner, chunk)
         allocator = apply_malloc_setting(cfg.malloc) if device.type == "cpu" else "allocator: device"
+        self.flushed = cfg.flush_denormals and device.type == "cpu" and flush_denormals()
         if self.env.is_main:
-            logger.info("compile: %s (%s); activation checkpointing: %s; loss: %s; %s", "on" if runner.compiled else "off",
-                        why, "on" if runner.checkpointing else "off",
-                        f"chunks of {chunk} label positions" if chunk else "full logits", allocator)
+            logger.info("compile: %s (%s); activation checkpointing: %s; loss: %s; denormals: %s; %s",
+                        "on" if runner.compiled else "off", why, "on" if runner.checkpointing else "off",
+                        f"chunks of {chunk} label positions" if chunk else "full logits",
+                        "flushed to zero" if denormals_flushed() else "kept", allocator)
         return runner
 
     def restore_model(self) -> None:
@@ -367,6 +374,8 @@ class _Trainer:
         self.blocks.restore()
         use_fast_dropout(self.inner, False)
         use_chunked_loss(self.inner, 0)
+        if self.flushed:  # only what this run turned on
+            torch.set_flush_denormal(False)
 
     def geometry(self) -> dict[str, int]:
         """The fields a resume must keep (see checkpoint.RESUME_FIELDS)."""
@@ -756,6 +765,17 @@ def loss_chunk_for(setting: int | str, device: torch.device) -> int:
     if setting == "auto":
         return CPU_LOSS_CHUNK if device.type == "cpu" else 0
     return int(setting)
+
+
+def denormals_flushed() -> bool:
+    """Whether this CPU thread now flushes denormal floats to zero."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
+def flush_denormals() -> bool:
+    """Flush denormal floats to zero from now on (TrainConfig.flush_denormals); True when this
+    call turned it on, False when it was on already or the CPU cannot."""
+    return not denormals_flushed() and torch.set_flush_denormal(True)
 
 
 def cpu_has_native_bf16() -> bool:
