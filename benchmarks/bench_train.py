@@ -394,8 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"plmkit sides, comma-separated; each one or more of {', '.join(VARIANT_PARTS)} joined by +")
     p.add_argument("--loss-chunk", type=int, default=1024, help="label positions per chunk for the loss-chunk variant")
     p.add_argument("--memory", action="store_true", help="also report the peak memory of each side")
-    p.add_argument("--malloc", default="default", choices=("default", "retain"),
-                   help="TrainConfig.malloc for this whole process (both sides)")
+    p.add_argument("--malloc", default=TrainConfig().malloc, choices=("default", "retain"),
+                   help="TrainConfig.malloc for this whole process (both sides; default: TrainConfig's)")
     p.add_argument("--tcmalloc", action="store_true", help="rerun this process with tcmalloc preloaded")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch", type=int, help="rows per step for every chosen model (default: the table in SHAPES)")

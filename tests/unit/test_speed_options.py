@@ -375,6 +375,7 @@ def test_retaining_freed_memory_changes_no_result(tmp_path):
         from plmkit.train.allocator import apply_malloc_setting
         print(losses[0] == losses[1], apply_malloc_setting("retain"))
     """)
+    assert TrainConfig().malloc == "retain"  # the default on CPU (an A/B in benchmarks/README.md)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if proc.stdout.strip() == "SKIP":

@@ -140,12 +140,14 @@ class TrainConfig:
     a GPT-2-shaped bf16 step, benchmarks/README.md), full logits on GPU (not measured there)."""
     flush_denormals: bool = True
     """CPU: treat floats under 1.2e-38 (denormals) as zero while training (torch.set_flush_denormal).
-    The AdamW moments of embedding rows a run rarely sees decay into that range, where x86
-    arithmetic is 10-20x slower: without it a pretraining step slows down as the run goes on
-    (benchmarks/README.md, "Denormals"). Results change only by values under 1.2e-38."""
-    malloc: Literal["default", "retain"] = "default"
+    A guard: the AdamW moments of a row that stops getting gradients decay through that range, where
+    x86 arithmetic is 10-20x slower (an AdamW step over a 30522 x 256 table of denormal moments:
+    ~0.5 s instead of ~0.03 s). Results change only by values under 1.2e-38."""
+    malloc: Literal["default", "retain"] = "retain"
     """CPU: "retain" makes glibc malloc keep freed memory for reuse (no per-step page faults on large
-    tensors; see plmkit.train.allocator). tcmalloc is used when preloaded (LD_PRELOAD)."""
+    tensors; see plmkit.train.allocator): x1.20 tok/s on a bert-mini pretraining step in an A/B
+    (benchmarks/README.md, "Allocator and denormals"), so it is the default; the process keeps its peak
+    memory (+29% there). "default" leaves glibc as it is. tcmalloc is used when preloaded (LD_PRELOAD)."""
     fused_adamw: bool | Literal["auto"] = "auto"
     """torch's fused AdamW kernel: "auto" uses it where the device supports it."""
     device: str = "auto"
