@@ -90,7 +90,7 @@ def _torchrun(out: Path, processes: int, max_steps: int) -> None:
     if proc.returncode != 0 and "Traceback (most recent call last)" not in _worker_errors(proc.stderr) \
             and "Signal 6 (SIGABRT)" in proc.stderr:
         warnings.warn(f"torchrun worker aborted natively, launching again: {proc.stderr[-2000:]}")
-        shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
         if pristine.exists():
             shutil.copytree(pristine, out)
         proc = _launch(out, processes, max_steps)
