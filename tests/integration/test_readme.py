@@ -218,6 +218,13 @@ def test_run_every_readme_example(tmp_path):
     assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"negative", "positive"}
     assert (tmp_path / "runs" / "curve" / "curve.png").is_file() and (tmp_path / "explain").is_dir()
     assert (tmp_path / "runs" / "demo" / "report.html").is_file()
+    demo, demo_out = tmp_path / "runs" / "demo", outputs[".venv/bin/plmkit demo --scale 0.1"]
+    summary = json.loads((demo / "summary.json").read_text())
+    best = json.loads((demo / "bert" / "best" / "best.json").read_text())
+    assert summary["bert_heldout_mlm_loss"] == best["value"]  # the summary quotes the model it fine-tunes
+    assert "bert/best (what finetune loads from this run)" in demo_out
+    above = summary["bert_heldout_mlm_loss"] > summary["unigram_baseline_loss"]
+    assert ("above the baseline after this few steps" in demo_out) == above
     assert (tmp_path / "runs" / "bert-fsdp" / "final" / "config.json").is_file()
     assert outputs["plmkit serve runs/sst2 --port 8000"]["task"] == "text-classification"
     example = subprocess.run([sys.executable, "-c", python_example() + "\nprint(clf(['a gripping, funny film']))"],

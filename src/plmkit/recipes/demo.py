@@ -30,9 +30,10 @@ from plmkit.cli_args import add_output
 from plmkit.data.shards import prepare, unigram_baseline
 from plmkit.data.tokenizer import Tokenizer
 from plmkit.outputs import DEMO, claim_output
+from plmkit.recipes.best_checkpoint import read_best
 from plmkit.recipes.pretrain import best_line, load_config, pretrain, save_initial_model
 from plmkit.recipes.report import write_html_report
-from plmkit.rundir import METRICS_FILE, model_dir
+from plmkit.rundir import BEST_DIR, METRICS_FILE, model_dir
 
 SAMPLES = ("tinyshakespeare.txt", "wikitext2-valid.txt", "sst2-train.tsv", "sst2-dev.tsv")
 """The files the demo reads from its data folder."""
@@ -263,8 +264,8 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     watch.lap("fine-tuning (pretrained and from scratch)")
     samples = show_generation(gpt, bert, runs["bert-embeddings"])
     watch.lap("generation and fill-mask")
-    # the evaluations of the models fine-tuned and sampled: best/, the lowest held-out loss
-    bert_eval, gpt_eval = (min(runs[name].eval_history, key=lambda r: r["eval_loss"]) for name in ("bert", "gpt"))
+    # the evaluations of the models fine-tuned and sampled: best/'s record
+    bert_eval, gpt_eval = (read_best(runs[name].out_dir / BEST_DIR)["metrics"] for name in ("bert", "gpt"))
     summary = {
         "bert_heldout_mlm_loss": bert_eval["eval_loss"], "unigram_baseline_loss": runs["unigram"],
         "bert_mlm_accuracy": bert_eval.get("mlm_accuracy"),
