@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from plmkit.config import ConfigError, from_dict
-from plmkit.models.base import PretrainedModel, linear_cross_entropy, lm_loss, use_chunked_loss
+from plmkit.models.base import PretrainedModel, label_rows, linear_cross_entropy, lm_loss, use_chunked_loss
 from plmkit.models.layers import (
     Dropout, _explicit_attention, build_attention_mask, dropout_mask, known_all_real, use_fast_dropout,
 )
@@ -164,6 +164,54 @@ def test_linear_cross_entropy_under_bf16_autocast_and_without_targets():
     assert n.item() == 0 and loss.item() == 0.0
     loss.backward()
     assert h.grad.abs().max().item() == 0.0
+
+
+def test_label_rows_put_the_labelled_positions_first_in_a_rounded_count():
+    labels = torch.full((4, 50), -100)
+    labels[0, 3], labels[1, 7], labels[1, 8], labels[3, 49] = 5, 6, 7, 8
+    rows, n = label_rows(labels, multiple=16)
+    assert n == 4 and rows.numel() == 16
+    assert rows[:4].tolist() == [3, 57, 58, 199]  # in order, as a boolean mask would pick them
+    assert (labels.reshape(-1)[rows[4:]] == -100).all()
+    assert label_rows(labels[:, :3], multiple=16)[0].numel() == 12  # never more rows than positions
+    rows, n = label_rows(torch.full((3,), -100), multiple=16)
+    assert n == 0 and rows.tolist() == [0, 1, 2]
+
+
+def test_ignored_rows_never_reach_the_loss_or_a_gradient():
+    torch.manual_seed(0)
+    h, w = torch.randn(9, 8), torch.randn(11, 8, requires_grad=True)
+    h[5:] = float("nan")  # e.g. a padding position whose attention row was empty
+    h.requires_grad_(True)
+    labels = torch.tensor([1, 2, 3, 4, 5, -100, -100, -100, -100])
+    loss, n = linear_cross_entropy(h, w, None, labels, 3)
+    loss.backward()
+    want = lm_loss(F.linear(h[:5], w), labels[:5])[0]
+    assert n.item() == 5 and loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert torch.isfinite(w.grad).all() and torch.isfinite(h.grad[:5]).all()
+    assert (h.grad[5:] == 0).all()
+
+
+def test_masked_lm_head_multiplies_few_distinct_row_counts(tiny):
+    """A new number of masked positions every batch must not make a new matrix shape every step
+    (oneDNN keeps a kernel and its buffers per shape: the process grew without bound)."""
+    model = tiny("bert-tiny", "masked-lm", vocab_size=VOCAB, dropout=0.0, attention_dropout=0.0)
+    counts = []
+    model.mlm.dense.register_forward_hook(lambda _m, args, _out: counts.append(args[0].shape[0]))
+    use_chunked_loss(model, 1000)
+    torch.manual_seed(0)
+    for masked in range(1, 140, 3):  # 47 batches, each with its own count of masked positions
+        ids = torch.randint(3, VOCAB, (4, 64))
+        labels = torch.full_like(ids, -100)
+        labels.view(-1)[torch.randperm(ids.numel())[:masked]] = 7
+        out = model(input_ids=ids, labels=labels)
+        assert out.n_targets.item() == masked
+    assert set(counts) == {64, 128, 192}
+    model.eval()
+    ids = torch.randint(3, VOCAB, (2, 9))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 4] = ids[0, 2], ids[1, 4]
+    assert model(input_ids=ids, labels=labels).logits.shape == (2, VOCAB)  # the masked positions' logits only
 
 
 @pytest.mark.parametrize("preset,task", [("gpt-tiny", "causal-lm"), ("bert-tiny", "pretraining"),

@@ -68,24 +68,45 @@ def lm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return loss, n
 
 
+LABEL_ROW_MULTIPLE = 64
+"""`label_rows` rounds the rows a language-model head multiplies up to a multiple of this."""
+
+
+def label_rows(labels: Tensor, multiple: int = LABEL_ROW_MULTIPLE) -> tuple[Tensor, int]:
+    """Which positions of ``labels`` (any shape, flattened) a language-model head projects, and how
+    many of them carry a label: every labelled position (!= -100) in order, then ignored ones up
+    to a multiple of `multiple` rows (or all positions). Returns (indices, n_labelled).
+
+    Masked LM labels a different number of positions every batch. On CPU, oneDNN keeps a kernel
+    and its buffers per matrix shape, so a new row count every step grows the process by the
+    size of the output layer each time (~17 MB for a 30k x 256 bf16 table; a bert-mini run
+    reached 12 GB) and pays for building the kernel. Rounded, the count takes a few values.
+    """
+    flat = labels.reshape(-1)
+    ignored = flat == -100
+    n = int(flat.numel() - ignored.sum())
+    rows = min(flat.numel(), -(-max(n, 1) // multiple) * multiple)
+    return torch.argsort(ignored.to(torch.int8), stable=True)[:rows], n
+
+
 def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
                          chunk: int) -> tuple[Tensor, Tensor]:
     """`lm_loss` of ``F.linear(h, weight, bias)`` without ever holding the (N, V) logits.
 
     h (..., E), weight (V, E), bias (V,) or None, labels (...) with -100 = ignored. The rows
-    with a label are projected `chunk` at a time; each chunk's cross-entropy and its gradients
-    (with respect to h, weight and bias) are computed at once and the chunk's logits dropped,
-    so memory holds one (chunk, V) block instead of the logits, their fp32 copy, the
+    `label_rows` picks are projected `chunk` at a time; each chunk's cross-entropy and its
+    gradients (with respect to h, weight and bias) are computed at once and the chunk's logits
+    dropped, so memory holds one (chunk, V) block instead of the logits, their fp32 copy, the
     log-softmax and its gradient. Matmuls run in the autocast dtype when autocast is on (as
     F.linear would), softmax and the loss in fp32. Returns (loss, count) like `lm_loss`; the
     graph it builds may be backpropagated once.
     """
-    h = h.reshape(-1, h.size(-1))
-    labels = labels.reshape(-1)
-    picked = labels != -100
-    n = picked.sum()
-    loss = _LinearCrossEntropy.apply(h[picked], weight, bias, labels[picked], int(chunk), n.clamp(min=1))
-    return loss, n
+    rows, n = label_rows(labels)
+    h = h.reshape(-1, h.size(-1))[rows]
+    labels = labels.reshape(-1)[rows]
+    count = torch.tensor(n, device=labels.device)
+    loss = _LinearCrossEntropy.apply(h, weight, bias, labels, int(chunk), n)
+    return loss, count
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -93,25 +114,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk: int,
-                count: Tensor) -> Tensor:  # h (N, E), labels (N,) all real targets
+                n: int) -> Tensor:  # h (N, E), labels (N,): the first n rows labelled, the rest ignored
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         with torch.autocast(device, enabled=False):
             w, x_all = weight.to(dtype), h.to(dtype)
+            if n < x_all.size(0):  # the ignored rows as zeros: no value of theirs reaches a gradient
+                x_all = torch.cat([x_all[:n], x_all.new_zeros(x_all.size(0) - n, x_all.size(1))])
             grad_h = torch.empty_like(x_all)  # (N, E)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)  # (V, E)
             grad_b = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=h.device)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
-            inv = 1.0 / count.to(torch.float32)
+            inv = 1.0 / max(n, 1)
             for start in range(0, x_all.size(0), max(1, chunk)):
-                x, y = x_all[start: start + chunk], labels[start: start + chunk]
+                x = x_all[start: start + chunk]
+                k = min(max(n - start, 0), x.size(0))  # labelled rows of this chunk (the first k)
+                y = labels[start: start + k]
                 z = torch.mm(x, w.t()).float()  # (c, V) logits of this chunk
                 if bias is not None:
                     z += bias.float()
-                lse = torch.logsumexp(z, dim=-1)  # (c,)
-                total += (lse - z.gather(1, y[:, None]).squeeze(1)).sum()
-                z.sub_(lse[:, None]).exp_()  # softmax, in place
-                z[torch.arange(y.numel(), device=y.device), y] -= 1.0
+                lse = torch.logsumexp(z[:k], dim=-1)  # (k,)
+                total += (lse - z[:k].gather(1, y[:, None]).squeeze(1)).sum()
+                z[:k].sub_(lse[:, None]).exp_()  # softmax, in place
+                z[torch.arange(k, device=y.device), y] -= 1.0
+                z[k:] = 0.0
                 z.mul_(inv)  # d(mean loss) / d(logits)
                 g = z.to(dtype)
                 torch.mm(g, w, out=grad_h[start: start + chunk])

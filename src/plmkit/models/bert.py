@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plmkit.config import ModelConfig
-from plmkit.models.base import ModelOutput, PretrainedModel, classification_loss, linear_cross_entropy, lm_loss
+from plmkit.models.base import (ModelOutput, PretrainedModel, classification_loss, label_rows, linear_cross_entropy,
+                                lm_loss)
 from plmkit.models.layers import Dropout, Transformer, activation
 
 
@@ -105,15 +106,15 @@ class EncoderForMaskedLM(EncoderModel):
         out = ModelOutput(hidden_states=h)
         if labels is None:
             out.logits = self.mlm(h)  # (B, T, V)
-        elif self.loss_chunk and self.training:  # no logits: the loss in chunks (see PretrainedModel.loss_chunk)
-            picked = labels != -100
-            out.mlm_loss, out.n_targets = linear_cross_entropy(self.mlm.transform(h[picked]), self.mlm.decoder.weight,
-                                                               self.mlm.bias, labels[picked], self.loss_chunk)
-            out.loss = out.mlm_loss
-        else:
-            picked = labels != -100
-            out.logits = self.mlm(h[picked])  # (N_masked, V)
-            out.mlm_loss, out.n_targets = lm_loss(out.logits, labels[picked])
+        else:  # the masked positions first, as rows of a count rounded up (see label_rows)
+            rows, n = label_rows(labels)
+            masked, targets = h.reshape(-1, h.size(-1))[rows], labels.reshape(-1)[rows]
+            if self.loss_chunk and self.training:  # no logits: the loss in chunks (see PretrainedModel.loss_chunk)
+                out.mlm_loss, out.n_targets = linear_cross_entropy(self.mlm.transform(masked), self.mlm.decoder.weight,
+                                                                   self.mlm.bias, targets, self.loss_chunk)
+            else:
+                out.logits = self.mlm(masked)[:n]  # (N_masked, V)
+                out.mlm_loss, out.n_targets = lm_loss(out.logits, targets[:n])
             out.loss = out.mlm_loss
         if self.nsp is not None:
             out.seq_logits = self.nsp(self.pooler(h))  # (B, 2)
