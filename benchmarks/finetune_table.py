@@ -49,17 +49,19 @@ DROPOUT = {"dropout": 0.1, "attention_dropout": 0.1}
 
 
 def pretrain_for_minutes(config: str, overrides: list[str], minutes: float, out: Path) -> TrainResult:
-    """Pretrain so that the LR schedule ends at `minutes`: time a short and a longer probe run (their
-    difference leaves out start-up and warm-up), then run as many steps as fit."""
-    elapsed = {}
+    """Pretrain so that the LR schedule ends at `minutes`: time a short and a longer probe run, then
+    run as many steps as fit. The rate is the difference of the two probes' training loops (the
+    start-up before the loop, e.g. the co-occurrence vectors, varies from run to run and would
+    otherwise count as training time); the budget is what the short probe's start-up leaves."""
+    wall, loop = {}, {}
     for steps in (10, 40):
         probe = load_config(config, overrides + [f"train.max_steps={steps}", "train.save_every=0",
                                                  "data.eval_examples=0", "train.progress=false"])
         t0 = time.perf_counter()
-        pretrain(probe, out / f"probe-{steps}")
-        elapsed[steps] = time.perf_counter() - t0
-    steps_per_s = 30 / max(elapsed[40] - elapsed[10], 1e-3)
-    steps = max(50, int((minutes * 60 - elapsed[10]) * steps_per_s * 0.97))
+        loop[steps] = pretrain(probe, out / f"probe-{steps}").elapsed_s
+        wall[steps] = time.perf_counter() - t0
+    steps_per_s = 30 / max(loop[40] - loop[10], 1e-3)
+    steps = max(50, int((minutes * 60 - (wall[10] - loop[10])) * steps_per_s * 0.97))
     print(f"calibration: {steps_per_s:.2f} steps/s -> {steps} steps for {minutes} min", flush=True)
     cfg = load_config(config, overrides + [f"train.max_steps={steps}", f"train.eval_every={max(steps // 10, 1)}",
                                            f"train.warmup_steps={max(steps * 6 // 100, 1)}"])

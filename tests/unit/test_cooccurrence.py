@@ -129,3 +129,61 @@ def test_pretrain_cli_continues_a_model_with_a_cooccurrence_preset(corpus, tmp_p
     before = load(start).transformer.emb.tok.weight.detach()
     after = load(tmp_path / "run" / "final").transformer.emb.tok.weight.detach()
     assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_a_fresh_masked_lm_head_starts_at_the_unigram_frequencies(corpus) -> None:
+    """embeddings.output_bias=unigram: the output bias of every MLM head (BERT's, ELECTRA's
+    generator's) is the shards' log unigram probabilities minus their mean; zero keeps zeros."""
+    from plmkit.data.shard_set import ShardSet, unigram_log_probs
+    from plmkit.models.bert import MLMHead
+    from plmkit.recipes.pretrain import fresh_model, load_config
+
+    shards, tok = corpus
+    common = [f"data.path={shards}", "model.num_layers=1", "model.hidden_size=16", "model.num_heads=2",
+              "model.intermediate_size=32", "embeddings.init=random"]
+    counts = np.bincount(np.asarray(ShardSet.open(shards, "train").tokens), minlength=tok.vocab_size)
+    want = unigram_log_probs(ShardSet.open(shards, "train"))
+    assert np.exp(want).sum() == pytest.approx(1.0)
+    assert int(np.argmax(want)) == int(np.argmax(np.where(np.isin(np.arange(tok.vocab_size), [
+        tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")]), 0, counts)))
+    for preset in ("bert-mini", "electra-mini"):
+        cfg = load_config(preset, common)
+        assert cfg.embeddings.output_bias == "unigram"  # the default
+        model = fresh_model(cfg, cfg.model)
+        heads = [m for m in model.modules() if isinstance(m, MLMHead)]
+        assert heads
+        for head in heads:
+            bias = head.bias.detach().double().numpy()
+            np.testing.assert_allclose(bias, want - want.mean(), atol=1e-5)
+        zero = fresh_model(load_config(preset, common + ["embeddings.output_bias=zero"]), cfg.model)
+        assert all((m.bias == 0).all() for m in zero.modules() if isinstance(m, MLMHead))
+
+
+def test_pretrain_cli_writes_the_start_alone(corpus, tmp_path: Path) -> None:
+    """`plmkit pretrain --start-only -o OUT`: the model pretraining starts from, in OUT/final (what
+    finetune loads from OUT), in seconds; a folder holding a run or other files is refused as it is."""
+    from plmkit.cli import main
+    from plmkit.models import load
+    from plmkit.rundir import model_dir
+
+    shards, tok = corpus
+    shape = [f"--set=model.{k}" for k in ("num_layers=1", "hidden_size=16", "num_heads=2", "intermediate_size=32")]
+    out = tmp_path / "start"
+    assert main(["pretrain", "--config", "bert-mini", "--shards", str(shards), "--start-only", "-o", str(out),
+                 "--set=embeddings.window=3", *shape]) == 0
+    assert model_dir(out) == out / "final"
+    model = load(out)
+    table = model.transformer.emb.tok.weight.detach()
+    cat, dog = tok.token_to_id("cat"), tok.token_to_id("dog")
+    assert torch.nn.functional.cosine_similarity(table[cat], table[dog], dim=0) > 0.9
+    assert model.mlm.bias.abs().max() > 0  # the unigram output bias
+    before = (out / "final" / "model.safetensors").read_bytes()
+    assert main(["pretrain", "--shards", str(shards), "--start-only", "-o", str(out), *shape]) != 0
+    assert (out / "final" / "model.safetensors").read_bytes() == before  # a run's model is not replaced
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep", encoding="utf-8")
+    assert main(["pretrain", "--shards", str(shards), "--start-only", "-o", str(other), *shape]) != 0
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert main(["pretrain", "--shards", str(shards), "--start-only", "--init-from", str(out), "-o",
+                 str(tmp_path / "x"), *shape]) != 0

@@ -158,12 +158,16 @@ def unigram_baseline(shards_dir: str | Path) -> float:
     """Cross-entropy (nats) of the held-out split's non-special tokens under the train split's
     unigram distribution (add-one smoothed): the plateau a language model must get below."""
     train, held = ShardSet.open(shards_dir, "train"), ShardSet.open(shards_dir, "eval")
-    specials = train.specials.present()
-    counts = np.bincount(np.asarray(train.tokens), minlength=train.vocab_size).astype(np.float64)
-    counts[specials] = 0
-    probs = (counts + 1) / (counts.sum() + train.vocab_size)
     ids = np.asarray(held.tokens)
-    return float(-np.log(probs[ids[~np.isin(ids, specials)]]).mean())
+    return float(-unigram_log_probs(train)[ids[~np.isin(ids, train.specials.present())]].mean())
+
+
+def unigram_log_probs(shards: ShardSet) -> np.ndarray:
+    """(V,) float64 log probability of each token in `shards` (add-one smoothed; special tokens
+    count as never seen)."""
+    counts = np.bincount(np.asarray(shards.tokens), minlength=shards.vocab_size).astype(np.float64)
+    counts[shards.specials.present()] = 0
+    return np.log((counts + 1) / (counts.sum() + shards.vocab_size))
 
 
 _VERIFIED: dict[tuple[str, int, int], None] = {}  # (folder, mtimes) whose tokenizer was checked

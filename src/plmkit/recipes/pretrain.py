@@ -16,18 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from plmkit.cli_args import add_option, add_output, add_set
 from plmkit.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, preset_names
 from plmkit.data.cooccurrence import cooccurrence_embeddings, scaled
 from plmkit.data.loader import eval_batches, open_eval, open_stream
+from plmkit.data.shard_set import unigram_log_probs
 from plmkit.data.shards import ShardSet
 from plmkit.data.tokenizer import Tokenizer
+from plmkit.errors import UserError
 from plmkit.heads import FAMILY_OBJECTIVES
 from plmkit.models import build_model, load, save_model
+from plmkit.models.bert import MLMHead
+from plmkit.outputs import RUN, claim_output
 from plmkit.recipes.best_checkpoint import BestCheckpoint, read_best
-from plmkit.rundir import BEST_DIR, BEST_RECORD
+from plmkit.rundir import BEST_DIR, BEST_RECORD, FINAL_DIR
 from plmkit.train.distributed import current_env
 from plmkit.train.checkpoint import resolve_resume
 from plmkit.train.loop import TrainConfig, TrainResult, train
@@ -87,6 +92,10 @@ class EmbeddingsConfig:
     """Co-occurrence: read at most this many tokens of each shard folder."""
     scale: float = 1.0
     """Co-occurrence: standard deviation of the vectors, in units of model.initializer_range."""
+    output_bias: Literal["zero", "unigram"] = "unigram"
+    """How a fresh masked-LM head's output bias starts: zero, or unigram: the log frequency of each
+    token in the training shards (minus its mean), so the first prediction is the word frequencies
+    and the held-out loss starts at the unigram plateau instead of ln(vocabulary) above it."""
 
 
 @dataclass
@@ -231,6 +240,8 @@ def fresh_model(cfg: PretrainConfig, model_cfg: ModelConfig, embeddings: bool = 
     model = build_model(model_cfg, "pretraining")
     if embeddings and cfg.embeddings.init == "cooccurrence":
         init_cooccurrence_embeddings(model, cfg)
+    if embeddings and cfg.embeddings.output_bias == "unigram":
+        init_unigram_output_bias(model, cfg)
     return model
 
 
@@ -243,6 +254,17 @@ def save_initial_model(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     return save_model(model, out_dir, Tokenizer.load(shards.tokenizer_path))
 
 
+def save_start(cfg: PretrainConfig, out_dir: str | Path) -> Path:
+    """`plmkit pretrain --start-only`: `save_initial_model` into a new run folder's final/, where
+    `finetune --model OUT` finds it. A folder that already holds a run is refused (its models
+    are not replaced by an untrained one)."""
+    with claim_output(out_dir, RUN, inputs=[path for path, _ in sources(cfg.data)]) as claim:
+        if claim.state == "ours":
+            raise UserError(f"{claim.path}: already holds a training run; --start-only writes a new one "
+                            "(name a new or empty folder)")
+        return save_initial_model(cfg, claim.ensure() / FINAL_DIR)
+
+
 def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) -> None:
     """Set the token embeddings of the tokens that occur in the training shards to their
     co-occurrence vectors (plmkit.data.cooccurrence), scaled to the model's initialization."""
@@ -253,6 +275,20 @@ def init_cooccurrence_embeddings(model: torch.nn.Module, cfg: PretrainConfig) ->
     with torch.no_grad():
         rows = torch.from_numpy(seen)
         table[rows] = torch.from_numpy(vectors[seen]).to(table.dtype)
+
+
+def init_unigram_output_bias(model: torch.nn.Module, cfg: PretrainConfig) -> None:
+    """Set the output bias of every masked-LM head in `model` (BERT's, ELECTRA's generator's) to the
+    log unigram probabilities of the training shards (each folder's weighted by its data weight),
+    minus their mean. A model without such a head (GPT) is left as it is."""
+    biases = [m.bias for m in model.modules() if isinstance(m, MLMHead)]
+    if not biases:
+        return
+    probs = sum(weight * np.exp(unigram_log_probs(ShardSet.open(path, "train"))) for path, weight in sources(cfg.data))
+    log_probs = np.log(probs / probs.sum())
+    with torch.no_grad():
+        for bias in biases:
+            bias.copy_(torch.from_numpy(log_probs - log_probs.mean()))
 
 
 def cli_configure(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +305,9 @@ def cli_configure(parser: argparse.ArgumentParser) -> None:
                         help="continue pretraining from this checkpoint folder or training run")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue a run: auto (its newest complete checkpoint in -o) or a checkpoint folder")
+    parser.add_argument("--start-only", action="store_true",
+                        help="write only the model pretraining starts from (the co-occurrence embeddings and the "
+                             "unigram output bias, seconds) to OUTPUT/final and stop: to fine-tune as it is")
     add_output(parser, "run folder to write (new, empty, or a run to resume)")
 
 
@@ -289,6 +328,13 @@ def cli_run(args: argparse.Namespace) -> int:
         overrides.append(f"init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
     cfg.data.mix += [_mix_source(item) for item in args.mix]
+    if args.start_only:
+        if cfg.init_from or args.resume:
+            raise ConfigError("--start-only writes a fresh model's start; it does not go with --init-from or --resume")
+        folder = save_start(cfg, args.output)
+        print(f"wrote the model pretraining starts from -> {folder} "
+              f"(embeddings: {cfg.embeddings.init}, output bias: {cfg.embeddings.output_bias})")
+        return 0
     result = pretrain(cfg, args.output, resume=args.resume)
     last = result.eval_history[-1] if result.eval_history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step")
