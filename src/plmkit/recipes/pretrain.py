@@ -95,7 +95,7 @@ class EmbeddingsConfig:
     output_bias: Literal["zero", "unigram"] = "unigram"
     """How a fresh masked-LM head's output bias starts: zero, or unigram: the log frequency of each
     token in the training shards (minus its mean), so the first prediction is the word frequencies
-    and the held-out loss starts at the unigram plateau instead of ln(vocabulary) above it."""
+    and the held-out loss starts at the unigram plateau instead of at ln(vocabulary size)."""
 
 
 @dataclass
