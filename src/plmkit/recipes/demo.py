@@ -279,8 +279,8 @@ def _run_steps(out: Path, data: Path, scale: float, started: float) -> dict:
     print(f"BERT held-out MLM loss  {summary['bert_heldout_mlm_loss']:.3f}  "
           f"(unigram baseline {summary['unigram_baseline_loss']:.3f})")
     if summary["bert_heldout_mlm_loss"] > summary["unigram_baseline_loss"]:
-        print("  above the baseline after this few steps: the output layer shares the token embeddings, which\n"
-              "  train at 1/32 of the top LR to keep the co-occurrence start (longer runs go under it)")
+        print("  above the baseline after this few steps: the model predicts no better than word frequencies\n"
+              "  yet (its output bias starts at them; longer runs go under it)")
     print(f"GPT held-out perplexity {summary['gpt_heldout_perplexity']:.1f}")
     for fraction in LABEL_FRACTIONS:
         seeds = f", mean of {len(SEEDS)} seeds" if fraction < 1.0 else ""
